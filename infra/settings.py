@@ -1,0 +1,68 @@
+"""Settings from the environment: where state lives, which servers to use, offline switches.
+
+Nothing here runs at import time; callers ask for `Settings.from_env()` when they start.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every process the pipeline starts (Ray workers, servers) inherits these, so no
+# component phones home or tries a model hub. MLflow wants "true", not "1".
+OFFLINE_ENV: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the pipeline keeps its state and which external services it talks to."""
+
+    home: Path  # PRUNEGRID_HOME: data, checkpoints, local servers' stores and logs
+    mlflow_tracking_uri: str | None  # MLFLOW_TRACKING_URI; None: a local server is needed
+    ray_address: str | None  # RAY_ADDRESS; None: start a local Ray on this machine
+    allow_hub: bool  # PRUNEGRID_ALLOW_HUB=1 lets `datasets` reach the Hugging Face hub
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        home = Path(env.get("PRUNEGRID_HOME") or Path.cwd() / ".prunegrid").resolve()
+        return cls(
+            home=home,
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            ray_address=env.get("RAY_ADDRESS") or None,
+            allow_hub=env.get("PRUNEGRID_ALLOW_HUB", "0") == "1",
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.home / "stack"
+
+
+def apply_offline_env(allow_hub: bool = False) -> None:
+    """Set the offline switches in this process so children inherit them.
+
+    Values already set by the user win, except the hub switches when the hub is not allowed.
+    """
+    for key, value in OFFLINE_ENV.items():
+        if allow_hub and key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            continue
+        os.environ.setdefault(key, value)
