@@ -1,0 +1,100 @@
+"""The registry of pruning methods: names the config may use, and one builder.
+
+Each method's constructor takes the student, then keyword-only arguments. The
+builder passes `teacher`, `total_steps` and `final_sparsity` to those that take
+them; every other keyword-only argument is a method option, settable from the
+config's `options` mapping, with its default in the constructor signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+from torch import nn
+
+from pruning.methods.base import MaskedMethod, PruningMethod
+from pruning.methods.dense import Dense
+from pruning.methods.gmp import GradualMagnitude
+
+MethodName = Literal["dense", "gmp"]
+METHOD_NAMES: tuple[MethodName, ...] = ("dense", "gmp")
+
+_CONSTRUCTORS: dict[str, Callable[..., PruningMethod]] = {
+    "dense": Dense,
+    "gmp": GradualMagnitude,
+}
+_COMMON = ("teacher", "total_steps", "final_sparsity")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the training loop must prepare for a method before building it."""
+
+    starts_from: Literal["pretrained", "teacher"]  # the student's initial weights
+    needs_teacher: bool  # whether a (frozen) teacher model is passed in
+
+
+# dense: the teacher itself, fine-tuned from the pretrained weights.
+# gmp: prunes the fine-tuned teacher, no distillation (METHODS.md baselines).
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "dense": MethodSpec(starts_from="pretrained", needs_teacher=False),
+    "gmp": MethodSpec(starts_from="teacher", needs_teacher=False),
+}
+
+__all__ = [
+    "METHOD_NAMES",
+    "METHOD_SPECS",
+    "MethodSpec",
+    "MaskedMethod",
+    "MethodName",
+    "PruningMethod",
+    "build_method",
+    "method_options",
+]
+
+
+def _keyword_params(name: str) -> dict[str, inspect.Parameter]:
+    if name not in _CONSTRUCTORS:
+        valid = ", ".join(METHOD_NAMES)
+        raise ValueError(f"unknown pruning method {name!r}; valid methods: {valid}")
+    params = inspect.signature(_CONSTRUCTORS[name]).parameters.values()
+    return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def method_options(name: str) -> dict[str, object]:
+    """Options of method `name` -> default (inspect.Parameter.empty where required)."""
+    return {k: p.default for k, p in _keyword_params(name).items() if k not in _COMMON}
+
+
+def build_method(
+    name: str,
+    student: nn.Module,
+    *,
+    teacher: nn.Module | None = None,
+    total_steps: int,
+    final_sparsity: float,
+    options: Mapping[str, object] | None = None,
+) -> PruningMethod:
+    """Build method `name` around `student` with `options` as keyword arguments.
+
+    Methods that need no teacher ignore it; a method that cannot prune (dense)
+    refuses a non-zero `final_sparsity` so a grid job is never mislabelled.
+    """
+    accepted = _keyword_params(name)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(method_options(name)))
+    if unknown:
+        valid = ", ".join(sorted(method_options(name))) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for method {name!r}; valid options: {valid}")
+    common = {"teacher": teacher, "total_steps": total_steps, "final_sparsity": final_sparsity}
+    if "final_sparsity" not in accepted and final_sparsity != 0:
+        raise ValueError(
+            f"method {name!r} does not prune; final_sparsity must be 0, got {final_sparsity}"
+        )
+    if "teacher" in accepted and teacher is None:
+        raise ValueError(f"method {name!r} needs a teacher model")
+    kwargs = {k: v for k, v in common.items() if k in accepted}
+    return _CONSTRUCTORS[name](student, **kwargs, **options)

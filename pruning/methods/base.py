@@ -1,0 +1,164 @@
+"""The interface every pruning method implements, and the shared mask bookkeeping.
+
+The training loop (infra/, under Ray Train with DDP) only ever calls the
+`PruningMethod` hooks, so a new method never changes the loop:
+
+    for step in range(start, total_steps):
+        method.on_step_start(step)          # mask updates when the schedule says so
+        loss, logs = method.loss(ddp_model, batch)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+        method.on_step_end(step)            # pruned weights back to exactly 0
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from pruning.masks import apply_masks, global_keep_masks, local_keep_masks, magnitude_scores
+from pruning.schedules import CubicSchedule
+from pruning.targets import encoder_linear_weights
+
+# input_ids [B, T], attention_mask [B, T], token_type_ids [B, T] (may be absent), labels [B]
+Batch = dict[str, Tensor]
+Allocation = Literal["local", "global"]
+ALLOCATIONS: tuple[Allocation, ...] = ("local", "global")
+
+_STEP_KEY = "step"
+_MASK_PREFIX = "mask."
+
+
+@runtime_checkable
+class PruningMethod(Protocol):
+    """What the training loop needs from a method; see the module docstring."""
+
+    name: str
+    student: nn.Module  # the unwrapped model being trained; masks live on it
+
+    def on_step_start(self, step: int) -> None:
+        """Before the forward pass of optimizer step `step` (0-based steps done so far)."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss and small float logs; `model` is the possibly DDP-wrapped student."""
+
+    def on_step_end(self, step: int) -> None:
+        """After optimizer.step(): undo whatever the optimizer did to pruned weights."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Everything needed to resume, tensors only (safetensors-compatible)."""
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def target_sparsity(self) -> float:
+        """The final encoder sparsity this method aims for."""
+
+
+def task_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """The task loss transformers computes when `labels` is in the batch.
+
+    Cross-entropy for classification, MSE for regression (num_labels=1). Calling
+    `model(**batch)` (not `model.module`) keeps DDP's gradient sync.
+    """
+    if "labels" not in batch:
+        raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); the task loss needs them")
+    loss = model(**batch).loss
+    if loss is None:
+        raise ValueError(
+            f"{type(model).__name__} returned no loss; use a *ForSequenceClassification model"
+        )
+    return loss
+
+
+class MaskedMethod(abc.ABC):
+    """Unstructured masks on the encoder linear weights, updated on a CubicSchedule.
+
+    Subclasses add `loss` (and may override `importance_scores`); the schedule,
+    the masks, their monotone updates, re-application after every optimizer step
+    and checkpointing live here.
+    """
+
+    name: str = "masked"
+
+    def __init__(
+        self, student: nn.Module, *, schedule: CubicSchedule, allocation: Allocation = "local"
+    ) -> None:
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+        self.student = student
+        self.schedule = schedule
+        self.allocation: Allocation = allocation
+        self.params = encoder_linear_weights(student)
+        self.masks: dict[str, Tensor] = {
+            name: torch.ones_like(w, dtype=torch.bool) for name, w in self.params.items()
+        }
+        self.step = 0
+
+    def importance_scores(self) -> dict[str, Tensor]:
+        """name -> score [*] for each masked weight; magnitude of w * mask by default."""
+        return {name: magnitude_scores(w) for name, w in self.params.items()}
+
+    def update_masks(self, step: int) -> None:
+        """Prune to the scheduled sparsity at `step`; pruned entries never regrow."""
+        select = global_keep_masks if self.allocation == "global" else local_keep_masks
+        sparsity = self.schedule.sparsity_at(step)
+        self._follow_params()
+        self.masks = select(self.importance_scores(), sparsity, previous=self.masks)
+        apply_masks(self.params, self.masks)
+
+    def _follow_params(self) -> None:
+        # The loop may move the student (Ray's prepare_model) after the method is built;
+        # nn.Module.to keeps the Parameter objects, so only the masks need to follow.
+        for name, w in self.params.items():
+            if self.masks[name].device != w.device:
+                self.masks[name] = self.masks[name].to(w.device)
+
+    def on_step_start(self, step: int) -> None:
+        """Record the step; prune further if the schedule updates masks at it."""
+        self.step = step
+        if self.schedule.is_update_step(step):
+            self.update_masks(step)
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss and small float logs."""
+
+    def on_step_end(self, step: int) -> None:
+        """Zero pruned weights again: weight decay and momentum move them off zero."""
+        self._follow_params()
+        apply_masks(self.params, self.masks)
+
+    def target_sparsity(self) -> float:
+        """The schedule's final sparsity of the encoder linear weights."""
+        return self.schedule.final_sparsity
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """{"step": int64 [], "mask.<param name>": bool [*] on CPU}."""
+        state = {_STEP_KEY: torch.tensor(self.step, dtype=torch.int64)}
+        for name, mask in self.masks.items():
+            state[_MASK_PREFIX + name] = mask.detach().to("cpu", torch.bool).contiguous()
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore masks and step from `state_dict()` and apply the masks to the student."""
+        expected = {_MASK_PREFIX + name for name in self.params} | {_STEP_KEY}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"{self.name} state does not fit this student: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        masks = {}
+        for name, w in self.params.items():
+            mask = state[_MASK_PREFIX + name]
+            if mask.shape != w.shape:
+                raise ValueError(
+                    f"mask {name} has shape {tuple(mask.shape)}, weight {tuple(w.shape)}"
+                )
+            masks[name] = mask.to(w.device, torch.bool)
+        self.masks = masks
+        self.step = int(state[_STEP_KEY])
+        apply_masks(self.params, self.masks)

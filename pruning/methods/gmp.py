@@ -1,0 +1,48 @@
+"""Gradual magnitude pruning (GMP): the baseline without distillation."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pruning.methods.base import Allocation, Batch, MaskedMethod, task_loss
+from pruning.schedules import CubicSchedule
+
+
+class GradualMagnitude(MaskedMethod):
+    """Prune the encoder linear weights by magnitude while training on the task loss.
+
+    Defaults follow METHODS.md (GMP baseline: task loss only, the same cubic
+    schedule as SDP): sparsity ramps cubically from 0 at `start_fraction` = 0.0
+    of the run to `final_sparsity` at `end_fraction` = 2/3 of it, masks are
+    recomputed from |w * mask| every `update_every` = 10 steps, then the mask
+    stays fixed while the network recovers; each matrix is ranked on its own
+    (`allocation` = "local"; "global" ranks all matrices against one threshold).
+    Only Q, K, V, attention output, FFN in and FFN out weights are pruned.
+    """
+
+    name = "gmp"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        final_sparsity: float,
+        total_steps: int,
+        start_fraction: float = 0.0,
+        end_fraction: float = 2 / 3,
+        update_every: int = 10,
+        allocation: Allocation = "local",
+    ) -> None:
+        schedule = CubicSchedule.over_run(
+            total_steps,
+            final_sparsity,
+            start_fraction=start_fraction,
+            end_fraction=end_fraction,
+            update_every=update_every,
+        )
+        super().__init__(student, schedule=schedule, allocation=allocation)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        loss = task_loss(model, batch)
+        logs = {"task_loss": float(loss.detach()), "sparsity": self.schedule.sparsity_at(self.step)}
+        return loss, logs
