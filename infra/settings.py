@@ -23,6 +23,11 @@ OFFLINE_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+# Defaults for a busy 2-core machine: Prefect's ephemeral API gets 20 s to start otherwise.
+PREFECT_ENV: dict[str, str] = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -62,6 +67,8 @@ def apply_offline_env(allow_hub: bool = False) -> None:
 
     Values already set by the user win, except the hub switches when the hub is not allowed.
     """
+    for key, value in PREFECT_ENV.items():
+        os.environ.setdefault(key, value)
     for key, value in OFFLINE_ENV.items():
         if allow_hub and key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
             continue

@@ -1,0 +1,101 @@
+"""The `prune-grid` flow: data -> teacher -> pruning grid -> evaluation -> registry.
+
+Run it with `python -m flows.prune_grid configs/demo.yaml`, or as the Prefect deployment
+`prune-grid/prune-grid` (prefect.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from infra import ray_cluster, report
+from infra.config import ConfigError, load_config
+from infra.grid import expand_grid, teacher_job
+from infra.settings import Settings, apply_offline_env
+from tasks.evaluate import evaluate
+from tasks.grid import close_grid, open_grid
+from tasks.prepare import prepare_dataset
+from tasks.promote import register_and_promote
+from tasks.train import finetune_teacher, prune
+
+
+class GridFailed(RuntimeError):
+    """Some grid jobs failed; the others were evaluated, registered and promoted."""
+
+
+def _tracking_uri(settings: Settings) -> str:
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    from infra.local_stack import LocalStack  # starts (or reuses) a loopback MLflow server
+
+    return LocalStack(settings.stack_dir).up(["mlflow"])["mlflow"].url
+
+
+@flow(name="prune-grid")  # no log_prints: Ray already forwards worker output
+def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
+    """Prepare data, fine-tune the teacher, prune the grid, evaluate, register and promote."""
+    cfg = load_config(config)  # a bad config stops here, before any work
+    settings = Settings.from_env()
+    apply_offline_env(settings.allow_hub)
+    ctx = open_grid(cfg, config, _tracking_uri(settings))
+    started = ray_cluster.connect(settings)
+    frames, failed = [], []
+    try:
+        for task_spec in cfg.tasks:
+            dataset = prepare_dataset(task_spec, cfg.model, ctx)
+            t_job = teacher_job(cfg, task_spec)
+            teacher = finetune_teacher(t_job, dataset, ctx)
+            grid = expand_grid(cfg, task_spec)
+            futures = [prune.submit(job, dataset, teacher, ctx) for job in grid]
+            trained = []
+            for job, future in zip(grid, futures):
+                state = future.wait() or future.state
+                if state.is_completed():
+                    trained.append((job, future.result()))
+                else:
+                    failed.append(f"{job.label} ({job.job_id}): {state.message}")
+            # Evaluate after all training so latency is measured on a quiet machine.
+            teacher_record = evaluate(t_job, teacher, dataset, ctx, cfg.evaluation)
+            records = [evaluate(job, ref, dataset, ctx, cfg.evaluation) for job, ref in trained]
+            promotion = register_and_promote(task_spec.name, records, teacher_record, ctx, cfg.registry,
+                                           cfg.grid.sparsities)
+            frames.append(report.results_frame(task_spec.name, [teacher_record, *records],
+                                               dict(promotion.aliases), dict(promotion.versions)))
+    finally:
+        ray_cluster.disconnect(started)
+    table = pd.concat(frames) if frames else pd.DataFrame()
+    markdown = report.to_markdown(table) if frames else "(no results)"
+    close_grid(ctx, markdown, table.to_csv(index=False), failed)
+    create_markdown_artifact(markdown, key=f"results-{cfg.name}".lower().replace("_", "-"),
+                             description=f"prune-grid results for {cfg.name}")
+    get_run_logger().info("Results of %s:\n%s\nMLflow: %s (experiment '%s')", cfg.name, markdown,
+                          ctx.tracking_uri, cfg.name)
+    if failed:
+        raise GridFailed(f"{len(failed)} grid job(s) failed; the rest were registered:\n" + "\n".join(failed))
+    return table.to_dict(orient="records")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.prune_grid", description=__doc__)
+    parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="experiment YAML")
+    args = parser.parse_args(argv)
+    apply_offline_env(Settings.from_env().allow_hub)  # before Prefect starts its API
+    try:
+        load_config(args.config)  # fail before Prefect starts, with the field named
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    state = prune_grid(args.config, return_state=True)
+    if not state.is_completed():
+        print(f"error: prune-grid did not complete: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Start or join the Ray cluster the training jobs run on.
+
+RAY_ADDRESS set: join that cluster. Unset: start a local one on loopback. A local start
+writes `~/ray_bootstrap_config.yaml` (`provider: {type: local}`) when it is missing,
+because without it Ray's dashboard asks cloud-metadata addresses which cloud it runs on
+at every start, and the pipeline must not send traffic off the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+from infra.settings import OFFLINE_ENV, Settings
+
+BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
+BOOTSTRAP_TEXT = (
+    "# Written by prunegrid: tells Ray's dashboard this is a local cluster, so it does not\n"
+    "# probe cloud-metadata addresses. Safe to keep; delete it if you use `ray up` here.\n"
+    "provider:\n  type: local\n"
+)
+
+
+class ClusterError(RuntimeError):
+    """Ray could not be started or joined; names the address."""
+
+
+def ensure_bootstrap_file(home: Path | None = None) -> Path:
+    """The file that stops the metadata probe; never overwrites a user's own."""
+    path = (home / BOOTSTRAP.name) if home else BOOTSTRAP.expanduser()
+    if not path.exists():
+        path.write_text(BOOTSTRAP_TEXT)
+    return path
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()}
+    # report() waits for the controller's poll; a short poll keeps short jobs short.
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    env["PRUNEGRID_HOME"] = str(settings.home)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def connect(settings: Settings, num_cpus: int | None = None) -> bool:
+    """Make sure this process is a Ray driver; True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    for key, value in _worker_env(settings).items():
+        os.environ.setdefault(key, value)  # the controller runs with the driver's environment
+    runtime_env = {"env_vars": _worker_env(settings)}
+    try:
+        if settings.ray_address:
+            ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            ensure_bootstrap_file()
+            ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
+                     dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=True,
+                     logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = settings.ray_address or "a local cluster"
+        raise ClusterError(f"cannot start or join Ray at {where}: {error}; "
+                           "check RAY_ADDRESS (unset it to start a local cluster)") from None
+    return True
+
+
+def disconnect(started: bool) -> None:
+    """Shut Ray down if this process started it."""
+    if started and ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,126 @@
+"""MLflow tracking: experiments, one parent run per grid, one nested run per job.
+
+Everything goes through an explicit `MlflowClient` for a given tracking URI, so no
+global tracking state is set at import time or shared between threads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+# A parent run's tag on its children; MLflow's UI nests runs by it.
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow server cannot be reached or refused a request; names the URI."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A trained model: its job, MLflow run, artifact path and local copy."""
+
+    job_id: str
+    run_id: str
+    artifact_path: str
+    local_dir: str
+
+    @property
+    def uri(self) -> str:
+        return f"runs:/{self.run_id}/{self.artifact_path}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, instead of MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+            if reply.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered /health with HTTP {reply.status}")
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(
+            f"MLflow server {uri} is unreachable ({error}); start one with `make up` "
+            "or point MLFLOW_TRACKING_URI at a running server"
+        ) from None
+
+
+def client(uri: str) -> MlflowClient:
+    # Bounded retries: an unreachable server should fail in seconds, not minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created on first use."""
+    mlflow = client(uri)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            mlflow.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    return mlflow.create_experiment(name)
+
+
+def start_run(uri: str, experiment_id: str, name: str, *, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+    """Create a run (nested under `parent_run_id` when given); returns its id."""
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client(uri).create_run(experiment_id, run_name=name, tags=all_tags)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, object]) -> None:
+    # MLflow caps a param value at 6000 characters; our values are short.
+    entries = [Param(key, str(value)[:6000]) for key, value in sorted(params.items())]
+    for start in range(0, len(entries), 100):
+        client(uri).log_batch(run_id, params=entries[start:start + 100])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    entries = [Metric(key, float(value), now, step) for key, value in sorted(metrics.items())]
+    client(uri).log_batch(run_id, metrics=entries)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    mlflow = client(uri)
+    for key, value in tags.items():
+        mlflow.set_tag(run_id, key, value)
+
+
+def log_dir(uri: str, run_id: str, local_dir: Path, artifact_path: str) -> None:
+    client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+def end_run(uri: str, run_id: str, ok: bool, error: str | None = None) -> None:
+    mlflow = client(uri)
+    if error:
+        mlflow.set_tag(run_id, "error", error[:5000])
+    mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+class StepLogger:
+    """Training-curve logging from a worker (rank 0) into an existing run."""
+
+    def __init__(self, uri: str | None, run_id: str | None):
+        self._uri, self._run_id = uri, run_id
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._uri and self._run_id:
+            log_metrics(self._uri, self._run_id, metrics, step=step)

@@ -1,0 +1,240 @@
+"""Training jobs on Ray Train: the one module that imports `ray.train`.
+
+`run_job` is the driver side (one TorchTrainer per job); `train_loop` is what each
+worker runs. The loop is plain PyTorch around a `PruningMethod`; the few Ray calls are
+marked `# ray:`. Every method, now and later, plugs in through `build_method` without
+changes here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ray.train  # ray: the Train API (report, checkpoints, context)
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from infra import data, models, tracking
+from pruning.methods import METHOD_SPECS, build_method
+
+
+class TrainingError(RuntimeError):
+    """A training job failed for good (retries exhausted); names the job and the cause."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; raised on the worker so the job stops at once."""
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """Plain arguments of one job, built from the config by tasks/, sent to every worker."""
+
+    job_id: str
+    method: str
+    sparsity: float
+    seed: int
+    options: dict[str, object]
+    data_path: str  # prepared dataset directory (infra.data)
+    pretrained: str  # resolved pretrained model directory
+    init: str  # "pretrained" or "random"
+    teacher_dir: str | None  # the fine-tuned teacher (None for the teacher job itself)
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_fraction: float
+    max_grad_norm: float
+    checkpoint_every: int
+    log_every: int
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    threads_per_worker: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # Biases and LayerNorm weights are not decayed (standard BERT recipe).
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save_checkpoint(folder: Path, student: nn.Module, method, optimizer, scheduler, step: int) -> None:
+    state = {k: v.contiguous() for k, v in student.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    extra = {f"method.{k}": v.contiguous() for k, v in method.state_dict().items()}
+    extra["rng.torch"] = torch.get_rng_state()
+    save_file(extra, str(folder / "state.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+               folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+
+
+def _load_checkpoint(folder: Path, student: nn.Module, method, optimizer, scheduler) -> int:
+    student.load_state_dict(load_file(str(folder / "model.safetensors")))
+    extra = load_file(str(folder / "state.safetensors"))
+    method.load_state_dict({k[len("method."):]: v for k, v in extra.items() if k.startswith("method.")})
+    torch.set_rng_state(extra["rng.torch"])
+    opt = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    return json.loads((folder / "trainer_state.json").read_text())["step"]
+
+
+def _student_source(args: JobArgs) -> tuple[str, str]:
+    starts_from = METHOD_SPECS[args.method].starts_from
+    if starts_from == "teacher":
+        if args.teacher_dir is None:
+            raise TrainingError(f"method '{args.method}' starts from the teacher, but no teacher was given")
+        return args.teacher_dir, "pretrained"
+    return args.pretrained, args.init
+
+
+def train_loop(config: dict) -> None:
+    """Per-worker training loop (runs inside a Ray Train worker)."""
+    args = JobArgs(**config)
+    os.environ.update(args.extra_env)
+    torch.set_num_threads(args.threads_per_worker)
+    context = ray.train.get_context()  # ray: rank and world size of this worker
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    ref = data.load_ref(args.data_path)
+    train_table = data.read_split(ref, "train")
+    per_epoch = data.num_batches(train_table, args.batch_size, world_size=world, drop_last=True)
+    if per_epoch == 0:
+        raise TrainingError(f"job {args.job_id}: the train split has {train_table.num_rows} examples, "
+                            f"fewer than one batch of {args.batch_size} x {world} workers")
+    total_steps = max(1, math.ceil(args.epochs * per_epoch))
+
+    source, init = _student_source(args)
+    student = models.load_classifier(source, num_labels=ref.num_labels, init=init, seed=args.seed)
+    teacher = None
+    if METHOD_SPECS[args.method].needs_teacher:
+        teacher = models.load_saved(args.teacher_dir)
+    method = build_method(args.method, student, teacher=teacher, total_steps=total_steps,
+                          final_sparsity=args.sparsity, options=args.options)
+    model = ray.train.torch.prepare_model(student)  # ray: device placement + DDP when world > 1
+    optimizer = torch.optim.AdamW(_param_groups(student, args.weight_decay), lr=args.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(args.warmup_fraction * total_steps), total_steps)
+
+    step = 0
+    checkpoint = ray.train.get_checkpoint()  # ray: the last checkpoint after a restart
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            step = _load_checkpoint(Path(folder), student, method, optimizer, scheduler)
+    logger = tracking.StepLogger(args.tracking_uri, args.mlflow_run_id) if rank == 0 else None
+    device = next(student.parameters()).device
+    pad_id = getattr(student.config, "pad_token_id", 0) or 0
+    started, first_step = time.perf_counter(), step
+
+    while step < total_steps:
+        epoch, skip = divmod(step, per_epoch)
+        stream = data.batches(train_table, args.batch_size, shuffle=True, seed=args.seed, epoch=epoch,
+                              rank=rank, world_size=world, pad_token_id=pad_id, drop_last=True)
+        model.train()
+        for index, batch in enumerate(stream):
+            if index < skip:
+                continue  # resume mid-epoch at the exact batch the checkpoint stopped before
+            if step >= total_steps:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            method.on_step_start(step)
+            loss, logs = method.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"job {args.job_id}: loss is {loss.item()} at step {step} (method {args.method}); "
+                    "lower the learning rate or check the data")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.on_step_end(step)
+            step += 1
+            if logger and (step % args.log_every == 0 or step == total_steps):
+                rate = (step - first_step) / (time.perf_counter() - started)
+                logger.log(step, {"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0], **logs})
+                print(f"[{args.job_id} {args.method} s={args.sparsity:.2f}] step {step}/{total_steps} "
+                      f"loss {loss.item():.4f} ({rate:.2f} steps/s)", flush=True)
+            if step % args.checkpoint_every == 0 or step == total_steps:
+                _report(step, total_steps, loss.item(), rank, student, method, optimizer, scheduler,
+                        final=step == total_steps, tokenizer_source=source)
+
+
+def _report(step, total_steps, loss, rank, student, method, optimizer, scheduler, *, final,
+            tokenizer_source) -> None:
+    metrics = {"step": step, "train_loss": loss, "total_steps": total_steps}
+    if rank != 0:
+        ray.train.report(metrics)  # ray: every rank reports; only rank 0 carries the checkpoint
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        _save_checkpoint(folder, student, method, optimizer, scheduler, step)
+        if final:
+            models.save_model(student, models.load_tokenizer(tokenizer_source), folder / "model")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # ray: persist
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def run_job(args: JobArgs, *, num_workers: int, cpus_per_worker: int, use_gpu: bool,
+            max_failures: int, storage_path: Path, out_dir: Path) -> Path:
+    """Run one job as a TorchTrainer; copy its final model to `out_dir`; return that folder."""
+    trainer = TorchTrainer(  # ray: one data-parallel worker group per job
+        train_loop_per_worker=train_loop,
+        train_loop_config=asdict(args),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            # The name is the job id: a rerun of the same config resumes its own checkpoints.
+            name=args.job_id,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as error:  # ray: WorkerGroupError / ControllerError when retries run out
+        raise TrainingError(f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: "
+                            f"{_root_cause(error)}") from error
+    if result.checkpoint is None:
+        raise TrainingError(f"job {args.job_id} finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        source = Path(folder) / "model"
+        if not source.is_dir():
+            raise TrainingError(f"job {args.job_id}: the last checkpoint holds no final model")
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error message, so a NaN loss reads as such and not as 'worker died'."""
+    seen = error
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return text[-1] if text else type(seen).__name__

@@ -1,0 +1,19 @@
+"""Stage 4: task metrics, sparsity (both conventions), size and CPU latency of one model."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from infra import jobs
+from infra.config import EvalSpec
+from infra.data import DatasetRef
+from infra.grid import JobSpec
+from infra.jobs import EvalRecord, GridContext
+from infra.tracking import ModelRef
+
+
+@task(name="evaluate", task_run_name="evaluate-{job.label}-{job.job_id}")
+def evaluate(job: JobSpec, model: ModelRef, dataset: DatasetRef, ctx: GridContext,
+             spec: EvalSpec) -> EvalRecord:
+    """Evaluate one trained model on dev and test and log the metrics to its MLflow run."""
+    return jobs.evaluate(job, model, dataset, ctx, spec)

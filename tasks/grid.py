@@ -1,0 +1,36 @@
+"""Open and close a grid run: checks before any work, and the parent MLflow run."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from infra import models, tracking
+from infra.config import ExperimentConfig
+from infra.jobs import GridContext
+from infra.provenance import code_version, library_versions
+from infra.settings import Settings
+
+
+@task(name="open-grid")
+def open_grid(cfg: ExperimentConfig, config_path: str, tracking_uri: str) -> GridContext:
+    """Check the model and the tracking server, then open the grid's parent MLflow run."""
+    settings = Settings.from_env()
+    pretrained = models.resolve_model_dir(cfg.model.name, allow_hub=settings.allow_hub)
+    tracking.check_reachable(tracking_uri)
+    experiment_id = tracking.ensure_experiment(tracking_uri, cfg.name)
+    parent = tracking.start_run(tracking_uri, experiment_id, f"grid-{cfg.name}",
+                                tags={"role": "grid", "code_version": code_version()})
+    tracking.log_params(tracking_uri, parent, {"config_path": config_path, "code_version": code_version(),
+                                               **{f"lib.{k}": v for k, v in library_versions().items()}})
+    tracking.log_text(tracking_uri, parent, cfg.model_dump_json(indent=2), "experiment.json")
+    return GridContext(cfg.name, tracking_uri, experiment_id, parent, str(settings.home), pretrained,
+                       settings.allow_hub)
+
+
+@task(name="close-grid")
+def close_grid(ctx: GridContext, table_markdown: str, table_csv: str, failed: list[str]) -> None:
+    """Attach the results table to the parent run and mark it finished or failed."""
+    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, table_markdown, "results.md")
+    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, table_csv, "results.csv")
+    error = f"failed jobs: {', '.join(failed)}" if failed else None
+    tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, ok=not failed, error=error)

@@ -1,0 +1,23 @@
+"""Stages 2 and 3: fine-tune the teacher, then one pruning job per grid point (Ray Train)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from infra import jobs
+from infra.data import DatasetRef
+from infra.grid import JobSpec
+from infra.jobs import GridContext
+from infra.tracking import ModelRef
+
+
+@task(name="finetune-teacher", task_run_name="finetune-teacher-{job.task}-{job.job_id}")
+def finetune_teacher(job: JobSpec, dataset: DatasetRef, ctx: GridContext) -> ModelRef:
+    """Fine-tune the pretrained model on the task: the teacher and the dense baseline."""
+    return jobs.train(job, dataset, None, ctx)
+
+
+@task(name="prune", task_run_name="prune-{job.label}-{job.job_id}")
+def prune(job: JobSpec, dataset: DatasetRef, teacher: ModelRef, ctx: GridContext) -> ModelRef:
+    """One grid point: prune (and distil, per method) from the teacher to the target sparsity."""
+    return jobs.train(job, dataset, teacher, ctx)
