@@ -13,10 +13,14 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from infra import ray_cluster, report
+from infra import preflight, ray_cluster, report
 from infra.config import ConfigError, load_config
+from infra.data import DataError
 from infra.grid import expand_grid, teacher_job
+from infra.local_stack import LocalStack, StackError
+from infra.models import ModelError
 from infra.settings import Settings, apply_offline_env
+from infra.tracking import TrackingError, check_reachable
 from tasks.evaluate import evaluate
 from tasks.grid import close_grid, open_grid
 from tasks.prepare import prepare_dataset
@@ -31,8 +35,7 @@ class GridFailed(RuntimeError):
 def _tracking_uri(settings: Settings) -> str:
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
-    from infra.local_stack import LocalStack  # starts (or reuses) a loopback MLflow server
-
+    # No server named: start (or reuse) a loopback MLflow server under PRUNEGRID_HOME.
     return LocalStack(settings.stack_dir).up(["mlflow"])["mlflow"].url
 
 
@@ -44,32 +47,19 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     apply_offline_env(settings.allow_hub)
     ctx = open_grid(cfg, config, _tracking_uri(settings))
     started = ray_cluster.connect(settings)
-    frames, failed = [], []
+    frames: list[pd.DataFrame] = []
+    failed: list[str] = []
     try:
         for task_spec in cfg.tasks:
-            dataset = prepare_dataset(task_spec, cfg.model, ctx)
-            t_job = teacher_job(cfg, task_spec)
-            teacher = finetune_teacher(t_job, dataset, ctx)
-            grid = expand_grid(cfg, task_spec)
-            futures = [prune.submit(job, dataset, teacher, ctx) for job in grid]
-            trained = []
-            for job, future in zip(grid, futures):
-                state = future.wait() or future.state
-                if state.is_completed():
-                    trained.append((job, future.result()))
-                else:
-                    failed.append(f"{job.label} ({job.job_id}): {state.message}")
-            # Evaluate after all training so latency is measured on a quiet machine.
-            teacher_record = evaluate(t_job, teacher, dataset, ctx, cfg.evaluation)
-            records = [evaluate(job, ref, dataset, ctx, cfg.evaluation) for job, ref in trained]
-            promotion = register_and_promote(task_spec.name, records, teacher_record, ctx, cfg.registry,
-                                           cfg.grid.sparsities)
-            frames.append(report.results_frame(task_spec.name, [teacher_record, *records],
-                                               dict(promotion.aliases), dict(promotion.versions)))
+            frames.append(_run_task(cfg, task_spec, ctx, failed))
+    except BaseException as error:
+        # Whatever already ran stays logged and registered; the grid run says why it stopped.
+        close_grid(ctx, "", "", [f"{type(error).__name__}: {error}"])
+        raise
     finally:
         ray_cluster.disconnect(started)
-    table = pd.concat(frames) if frames else pd.DataFrame()
-    markdown = report.to_markdown(table) if frames else "(no results)"
+    table = pd.concat(frames)
+    markdown = report.to_markdown(table)
     close_grid(ctx, markdown, table.to_csv(index=False), failed)
     create_markdown_artifact(markdown, key=f"results-{cfg.name}".lower().replace("_", "-"),
                              description=f"prune-grid results for {cfg.name}")
@@ -80,14 +70,40 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     return table.to_dict(orient="records")
 
 
+def _run_task(cfg, task_spec, ctx, failed: list[str]) -> pd.DataFrame:
+    """One task's slice of the DAG; failed grid jobs are appended to `failed`."""
+    dataset = prepare_dataset(task_spec, cfg.model, ctx)
+    t_job = teacher_job(cfg, task_spec)
+    teacher = finetune_teacher(t_job, dataset, ctx)
+    grid = expand_grid(cfg, task_spec)
+    futures = [prune.submit(job, dataset, teacher, ctx) for job in grid]
+    trained = []
+    for job, future in zip(grid, futures):
+        state = future.wait() or future.state
+        if state.is_completed():
+            trained.append((job, future.result()))
+        else:
+            failed.append(f"{job.label} ({job.job_id}): {state.message}")
+    # Evaluate after all training so latency is measured on a quiet machine.
+    teacher_record = evaluate(t_job, teacher, dataset, ctx, cfg.evaluation)
+    records = [evaluate(job, ref, dataset, ctx, cfg.evaluation) for job, ref in trained]
+    promotion = register_and_promote(task_spec.name, records, teacher_record, ctx, cfg.registry,
+                                     cfg.grid.sparsities)
+    return report.results_frame(task_spec.name, [teacher_record, *records],
+                                dict(promotion.aliases), dict(promotion.versions))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.prune_grid", description=__doc__)
     parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="experiment YAML")
     args = parser.parse_args(argv)
-    apply_offline_env(Settings.from_env().allow_hub)  # before Prefect starts its API
+    settings = Settings.from_env()
+    apply_offline_env(settings.allow_hub)  # before Prefect starts its API
     try:
-        load_config(args.config)  # fail before Prefect starts, with the field named
-    except ConfigError as error:
+        # A user's mistake stops here, before Prefect, Ray or MLflow start, in one line.
+        preflight.check(load_config(args.config), None, settings.allow_hub)
+        check_reachable(_tracking_uri(settings))
+    except (ConfigError, DataError, ModelError, TrackingError, StackError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = prune_grid(args.config, return_state=True)

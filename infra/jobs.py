@@ -86,7 +86,8 @@ def train(job: JobSpec, dataset: DatasetRef, teacher: ModelRef | None, ctx: Grid
     out_dir = home / "models" / f"{job.job_id}-{dataset.content_hash[:8]}"
     try:
         training.run_job(
-            _args(job, dataset, teacher, ctx, run_id), num_workers=job.compute.num_workers,
+            _args(job, dataset, teacher, ctx, run_id), run_name=out_dir.name,
+            num_workers=job.compute.num_workers,
             cpus_per_worker=job.compute.cpus_per_worker, use_gpu=job.compute.use_gpu,
             max_failures=job.compute.max_failures, storage_path=home / "ray_results", out_dir=out_dir)
         tracking.log_dir(ctx.tracking_uri, run_id, out_dir, "model")

@@ -3,7 +3,9 @@
 RAY_ADDRESS set: join that cluster. Unset: start a local one on loopback. A local start
 writes `~/ray_bootstrap_config.yaml` (`provider: {type: local}`) when it is missing,
 because without it Ray's dashboard asks cloud-metadata addresses which cloud it runs on
-at every start, and the pipeline must not send traffic off the machine.
+at every start, and the pipeline must not send traffic off the machine. A local start
+also keeps Ray on 127.0.0.1: by default Ray binds the machine's outward address, found
+by a UDP "connect" to a public DNS server, and its processes talk to each other there.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
             ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
         else:
             ensure_bootstrap_file()
+            _single_machine()
             ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
                      dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=True,
                      logging_level="WARNING")
@@ -66,6 +69,20 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
         raise ClusterError(f"cannot start or join Ray at {where}: {error}; "
                            "check RAY_ADDRESS (unset it to start a local cluster)") from None
     return True
+
+
+def _single_machine() -> None:
+    """Pin a local cluster to loopback (only for clusters this process starts itself).
+
+    Ray's single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its default on macOS
+    and Windows) uses 127.0.0.1 as the node address. Ray reads the variable into a module
+    constant at import, so the constant is set too; the processes Ray starts read the
+    variable. tests/integration/test_offline.py checks the result with strace.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants  # private, hence the test that guards it
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def disconnect(started: bool) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow.artifacts
 
 from infra import models
 from infra.tracking import ModelRef, client
@@ -97,8 +96,9 @@ def promote(uri: str, name: str, chosen: dict[str, Candidate], managed: list[str
 
 def download(uri: str, name: str, alias: str, dst: Path) -> Path:
     """Fetch the version behind `name@alias` into `dst`; loadable with from_pretrained."""
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}",
-                                               dst_path=str(dst), tracking_uri=uri)
+    mlflow = client(uri)
+    version = mlflow.get_model_version_by_alias(name, alias)
+    dst.mkdir(parents=True, exist_ok=True)
+    path = mlflow.download_artifacts(version.run_id, "model", str(dst))
     models.load_saved(path)  # fail here, naming the path, if what came down is not a model
     return Path(path)
-

@@ -16,6 +16,9 @@ OFFLINE_ENV: dict[str, str] = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # With usage stats off, the dashboard of a `ray start` cluster still posts a "disabled"
+    # notice to usage-stats.ray.io; pointing it at a closed loopback port keeps it home.
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

@@ -144,6 +144,7 @@ def train_loop(config: dict) -> None:
     device = next(student.parameters()).device
     pad_id = getattr(student.config, "pad_token_id", 0) or 0
     started, first_step = time.perf_counter(), step
+    reported_final = False
 
     while step < total_steps:
         epoch, skip = divmod(step, per_epoch)
@@ -175,8 +176,13 @@ def train_loop(config: dict) -> None:
                 print(f"[{args.job_id} {args.method} s={args.sparsity:.2f}] step {step}/{total_steps} "
                       f"loss {loss.item():.4f} ({rate:.2f} steps/s)", flush=True)
             if step % args.checkpoint_every == 0 or step == total_steps:
+                reported_final = step == total_steps
                 _report(step, total_steps, loss.item(), rank, student, method, optimizer, scheduler,
-                        final=step == total_steps, tokenizer_source=source)
+                        final=reported_final, tokenizer_source=source)
+    if not reported_final:
+        # Restored from a finished run (a rerun of the same job): hand back its final model.
+        _report(step, total_steps, float("nan"), rank, student, method, optimizer, scheduler,
+                final=True, tokenizer_source=source)
 
 
 def _report(step, total_steps, loss, rank, student, method, optimizer, scheduler, *, final,
@@ -196,7 +202,7 @@ def _report(step, total_steps, loss, rank, student, method, optimizer, scheduler
 # ---------------------------------------------------------------- driver side
 
 
-def run_job(args: JobArgs, *, num_workers: int, cpus_per_worker: int, use_gpu: bool,
+def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: int, use_gpu: bool,
             max_failures: int, storage_path: Path, out_dir: Path) -> Path:
     """Run one job as a TorchTrainer; copy its final model to `out_dir`; return that folder."""
     trainer = TorchTrainer(  # ray: one data-parallel worker group per job
@@ -205,8 +211,8 @@ def run_job(args: JobArgs, *, num_workers: int, cpus_per_worker: int, use_gpu: b
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
-            # The name is the job id: a rerun of the same config resumes its own checkpoints.
-            name=args.job_id,
+            # Unique to the job's config and data: a rerun resumes its own checkpoints only.
+            name=run_name,
             storage_path=str(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),

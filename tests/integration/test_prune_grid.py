@@ -1,0 +1,128 @@
+"""The whole prune-grid DAG on the tiny config, against a real MLflow server, Ray and Prefect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra import registry
+from infra.tracking import ModelRef, client
+from tests.integration.helpers import (TINY, dns_questions, flow_env, non_loopback_questions,
+                                       off_loopback, remote_addresses, run_grid)
+
+pytestmark = pytest.mark.integration
+MODEL = "tiny-tiny_reviews"  # registry.model_name of the tiny config
+
+
+@pytest.fixture(scope="module")
+def grid_run(mlflow_server, tmp_path_factory):
+    """One traced run of the tiny grid; the tests below read what it left behind."""
+    home = tmp_path_factory.mktemp("grid")
+    trace = home / "connect.trace"
+    proc = run_grid(TINY, flow_env(home, mlflow_server.url), trace=trace)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return {"proc": proc, "trace": trace, "uri": mlflow_server.url, "home": home}
+
+
+def test_the_run_ends_with_a_results_table(grid_run) -> None:
+    out = grid_run["proc"].stdout + grid_run["proc"].stderr
+    assert "| task | method | target | encoder sparsity | dev acc | test acc |" in out
+    assert out.count("| tiny_reviews | gmp |") == 2 and "| tiny_reviews | teacher |" in out
+
+
+def test_every_model_is_registered_with_its_metrics(grid_run) -> None:
+    versions = client(grid_run["uri"]).search_model_versions(f"name = '{MODEL}'")
+    by_label = {v.tags["label"]: v for v in versions}
+    assert set(by_label) == {"teacher-seed0", "gmp-s50-seed0-update_every=2",
+                             "gmp-s90-seed0-update_every=2"}
+    for version in versions:
+        for key in ("dev_accuracy", "test_accuracy", "encoder_sparsity", "model_nonzero_params",
+                    "size_mb", "latency_ms_b1", "job_id"):
+            assert key in version.tags, (version.version, key)
+    s90 = by_label["gmp-s90-seed0-update_every=2"].tags
+    assert float(s90["encoder_sparsity"]) == pytest.approx(0.9, abs=1e-3)
+    teacher = by_label["teacher-seed0"].tags
+    assert float(s90["model_nonzero_params"]) < 0.5 * float(teacher["model_nonzero_params"])
+    assert float(teacher["dev_accuracy"]) > 0.8, "the tiny teacher should learn the synthetic task"
+
+
+def test_champion_passes_the_gate_at_the_highest_passing_sparsity(grid_run) -> None:
+    mlflow = client(grid_run["uri"])
+    aliases = mlflow.get_registered_model(MODEL).aliases
+    assert "champion" in aliases
+    versions = {v.version: v.tags for v in mlflow.search_model_versions(f"name = '{MODEL}'")}
+    teacher = next(t for t in versions.values() if t["method"] == "dense")
+    for alias, version in aliases.items():
+        assert versions[version]["passed_gate"] == "true", alias
+        assert float(versions[version]["dev_accuracy"]) >= float(teacher["dev_accuracy"]) - 0.05 - 1e-9
+    passing = [float(t["target_sparsity"]) for t in versions.values() if t["passed_gate"] == "true"]
+    assert float(versions[aliases["champion"]]["target_sparsity"]) == max(passing)
+    for version, tags in versions.items():
+        if tags["passed_gate"] == "false":
+            assert version not in aliases.values()
+
+
+def test_champion_loads_with_transformers_in_a_fresh_process(grid_run, tmp_path) -> None:
+    path = registry.download(grid_run["uri"], MODEL, "champion", tmp_path / "champion")
+    script = (
+        "import json, sys, torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        "m = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "x = t(['a truly wonderful film .', 'a dull and boring mess .'], return_tensors='pt', padding=True)\n"
+        "with torch.no_grad(): print(json.dumps(m(**x).logits.argmax(-1).tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert len(json.loads(out.stdout.strip().splitlines()[-1])) == 2
+    assert (Path(path) / "model.safetensors").is_file()
+
+
+def test_promoting_twice_changes_nothing(grid_run) -> None:
+    mlflow = client(grid_run["uri"])
+    before = dict(mlflow.get_registered_model(MODEL).aliases)
+    versions = mlflow.search_model_versions(f"name = '{MODEL}'")
+    for v in versions:  # registering the same run again returns the same version
+        ref = ModelRef(v.tags["job_id"], v.run_id, "model", "")
+        assert registry.register(grid_run["uri"], MODEL, ref, {}) == v.version
+    candidates = [registry.Candidate(v.version, v.tags["job_id"], float(v.tags["target_sparsity"]),
+                                     float(v.tags["encoder_sparsity"]), float(v.tags["dev_accuracy"]))
+                  for v in versions]
+    teacher = next(float(v.tags["dev_accuracy"]) for v in versions if v.tags["method"] == "dense")
+    chosen = registry.choose(candidates, teacher, 0.05)
+    registry.promote(grid_run["uri"], MODEL, chosen, list(before))
+    assert dict(mlflow.get_registered_model(MODEL).aliases) == before
+    assert len(mlflow.search_model_versions(f"name = '{MODEL}'")) == len(versions)
+
+
+def test_job_runs_are_nested_under_the_grid_run_and_finished(grid_run) -> None:
+    mlflow = client(grid_run["uri"])
+    experiment = mlflow.get_experiment_by_name("tiny")
+    runs = mlflow.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "grid"]
+    assert parents and all(r.info.status == "FINISHED" for r in runs)
+    parent = parents[0].info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert {r.data.tags["role"] for r in children} == {"teacher", "pruned"}
+    for run in children:
+        assert "train_loss" in run.data.metrics and "dev_accuracy" in run.data.metrics
+        assert run.data.params["data_hash"]
+
+
+def test_the_run_connects_only_to_loopback(grid_run) -> None:
+    """No connection leaves loopback: no hub, no telemetry, no cloud-metadata probe.
+
+    Known exception, asserted narrowly: torch.distributed's TCPStore formats its peer
+    address (::ffff:127.0.0.1) with getnameinfo, which asks the system resolver for the
+    reverse name of 127.0.0.1. Any other DNS question (a hub or metadata host) fails.
+    """
+    addresses = remote_addresses(grid_run["trace"])
+    assert any(a.startswith("127.") for a in addresses), "the trace saw no connection at all"
+    resolvers = {line.split()[-1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+                 if line.startswith("nameserver")}
+    assert not off_loopback(addresses) - resolvers, f"connections off this machine: {off_loopback(addresses)}"
+    assert not non_loopback_questions(dns_questions(grid_run["trace"]))
