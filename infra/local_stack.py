@@ -7,6 +7,7 @@ outlive the command that started them, and are stopped as a whole process group.
 
     python -m infra.local_stack up --services mlflow,prefect-server,prefect-worker[,ray]
     python -m infra.local_stack status | down | env      # eval "$(... env)" in a shell
+    python -m infra.local_stack url mlflow                # prints the URL; fails if down
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class LocalStack:
         self.ports = {"mlflow": mlflow_port, "prefect-server": prefect_port, "ray": ray_port,
                       "ray-dashboard": ray_dashboard_port, "prefect-worker": 0}
         self.pool = pool
-        self.ray_cpus = ray_cpus or os.cpu_count() or 1
+        self.ray_cpus = ray_cpus if ray_cpus is not None else os.cpu_count() or 1
         self.mlflow_workers = mlflow_workers  # its handlers run in threads; 1 process suffices
         self.allow_hub = allow_hub
         self.ready_timeout_s = ready_timeout_s
@@ -120,12 +121,11 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """Variables a client needs to talk to the running services."""
-        running = self.status()
-        env = {"PREFECT_HOME": str(self.prefect_home)}
+        running, env = self.status(), {}
         if mlflow := running["mlflow"]:
             env["MLFLOW_TRACKING_URI"] = mlflow.url
         if prefect := running["prefect-server"]:
-            env["PREFECT_API_URL"] = f"{prefect.url}/api"
+            env |= {"PREFECT_API_URL": f"{prefect.url}/api", "PREFECT_HOME": str(self.prefect_home)}
         if ray := running["ray"]:
             env |= {"RAY_ADDRESS": f"{HOST}:{ray.port}", "RAY_AUTH_MODE": "token",
                     "RAY_AUTH_TOKEN_PATH": str(self.ray_token),
@@ -233,7 +233,10 @@ class LocalStack:
         if name == "prefect-server":
             env["PREFECT_API_URL"] = f"http://{HOST}:{self.ports[name]}/api"
         elif name == "prefect-worker":
+            # Its flow runs use this stack's MLflow (and Ray) when they run, unless told otherwise.
+            env = self.env() | env
             env["PREFECT_API_URL"] = f"{self._running('prefect-server').url}/api"
+            env.setdefault("PRUNEGRID_ROOT", str(PROJECT_ROOT))  # prefect.yaml's pull step
             env["PREFECT_WORKER_WEBSERVER_HOST"] = HOST
             env["PREFECT_WORKER_WEBSERVER_PORT"] = str(self.ports[name])
         elif name == "ray":
@@ -251,7 +254,6 @@ class LocalStack:
         """
         home = self.root / "ray"
         home.mkdir(parents=True, exist_ok=True)
-        (self._ray_tmp() / "session_latest").unlink(missing_ok=True)  # readiness looks there
         (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
         if not self.ray_token.exists():
             self.ray_token.parent.mkdir(mode=0o700, exist_ok=True)
@@ -293,6 +295,10 @@ class LocalStack:
             raise StackError(f"could not create work pool {self.pool!r}:\n"
                              f"{done.stdout}{done.stderr}")
 
+    def _pool_workers(self, server_url: str) -> list[str]:
+        status, body = _http(f"{server_url}/api/work_pools/{self.pool}/workers/filter", {})
+        return [worker["name"] for worker in json.loads(body)] if status == 200 else []
+
     def _worker_name(self, port: int) -> str:
         # Unique per start (so is its healthcheck port): readiness waits for this very worker.
         return f"prunegrid-{self.pool}-{port}"
@@ -306,10 +312,8 @@ class LocalStack:
             return _http(f"{info.url}/api/health")[0] == 200
         if info.name == "prefect-worker":  # its healthcheck answers before it registers
             server = self._running("prefect-server")
-            status, body = _http(f"{server.url}/api/work_pools/{self.pool}/workers/filter", {}) \
-                if server else (None, b"")
-            names = [w.get("name") for w in json.loads(body)] if status == 200 else []
-            return self._worker_name(info.port) in names and _http(f"{info.url}/health")[0] == 200
+            return (server is not None and _http(f"{info.url}/health")[0] == 200
+                    and self._worker_name(info.port) in self._pool_workers(server.url))
         # Ray: GCS answers, and the raylet has opened its socket (drivers connect to it).
         raylet = self._ray_tmp() / "session_latest" / "sockets" / "raylet"
         return _http(f"{info.url}/api/gcs_healthz")[0] == 200 and raylet.exists()
@@ -322,7 +326,8 @@ class LocalStack:
                                  f"log {info.log}:\n{_tail(info.log)}")
             if time.monotonic() > deadline:
                 raise StackError(f"{info.name} did not answer at {info.url} within "
-                                 f"{self.ready_timeout_s:.0f} s (pid {info.pid}); "
+                                 f"{self.ready_timeout_s:.0f} s (pid {info.pid}; `python -m "
+                                 f"infra.local_stack down --services {info.name}` stops it); "
                                  f"log {info.log}:\n{_tail(info.log)}")
             time.sleep(0.25)
 
@@ -464,7 +469,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.local_stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "down", "status", "env"))
+    parser.add_argument("command", choices=("up", "down", "status", "env", "url"))
+    parser.add_argument("service", nargs="?", choices=SERVICES, help="for `url`")
     parser.add_argument("--services", help=f"comma-separated, from {','.join(SERVICES)} "
                                            "(up: mlflow; down: all)")
     parser.add_argument("--pool", default=os.environ.get("PRUNEGRID_WORK_POOL",
@@ -482,9 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "status":
             for name, info in stack.status().items():
                 print(f"{name:<15} " + (f"up    {info.url}  (pid {info.pid})" if info else "down"))
-        else:
+        elif args.command == "env":
             for key, value in stack.env().items():
                 print(f"export {key}={shlex.quote(value)}")
+        elif (info := stack.status()[name := args.service or "mlflow"]) is not None:
+            print(info.url)
+        else:
+            raise StackError(f"{name} is not running; start it with "
+                             f"`python -m infra.local_stack up --services {name}`")
     except StackError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

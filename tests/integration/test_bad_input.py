@@ -26,10 +26,11 @@ def _run(tmp_path: Path, config: Path, uri: str):
     """Run the CLI; return the process, its one `error:` line, and the run's home."""
     home = tmp_path / "home"
     proc = run_grid(config, flow_env(home, uri), timeout=300)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(starts) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    return proc, errors[0], home
+    return proc, "\n".join(lines[starts[0]:]), home
 
 
 def _nothing_trained(home: Path) -> bool:
