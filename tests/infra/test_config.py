@@ -1,0 +1,93 @@
+"""Experiment files: every shipped config is valid; mistakes name the field before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.config import ConfigError, load_config, parse_config
+from infra.grid import expand_grid, teacher_job
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "tests/fixtures/configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    cfg = load_config(path)
+    for task in cfg.tasks:
+        assert expand_grid(cfg, task), f"{path.name} expands to an empty grid"
+
+
+def _demo() -> dict:
+    return yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+
+
+def test_a_typo_names_the_field() -> None:
+    data = _demo()
+    data["grid"]["sparsites"] = data["grid"].pop("sparsities")
+    with pytest.raises(ConfigError, match=r"grid\.sparsites: unknown key"):
+        parse_config(data)
+
+
+def test_a_bad_value_names_the_field() -> None:
+    data = _demo()
+    data["grid"]["sparsities"] = [0.5, 1.2]
+    with pytest.raises(ConfigError, match=r"grid\.sparsities\.1"):
+        parse_config(data)
+
+
+def test_an_unknown_method_option_is_refused() -> None:
+    data = _demo()
+    data["grid"]["options"] = {"gmp": {"alocation": ["global"]}}
+    with pytest.raises(ConfigError, match="unknown option 'alocation' for method 'gmp'"):
+        parse_config(data)
+
+
+def test_an_unknown_method_is_refused() -> None:
+    data = _demo()
+    data["grid"]["methods"] = ["gmp", "magic"]
+    with pytest.raises(ConfigError, match=r"grid\.methods\.1"):
+        parse_config(data)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="experiment file not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_config_is_frozen() -> None:
+    cfg = parse_config(_demo())
+    with pytest.raises(Exception):
+        cfg.name = "other"  # type: ignore[misc]
+
+
+def test_grid_expansion_is_complete_and_ids_are_stable() -> None:
+    data = _demo()
+    data["grid"] = {"methods": ["gmp"], "sparsities": [0.5, 0.9], "seeds": [0, 1],
+                    "options": {"gmp": {"allocation": ["local", "global"]}}}
+    cfg = parse_config(data)
+    jobs = expand_grid(cfg, cfg.tasks[0])
+    assert len(jobs) == 2 * 2 * 2
+    assert len({j.job_id for j in jobs}) == len(jobs)
+    again = expand_grid(parse_config(data), cfg.tasks[0])
+    assert [j.job_id for j in jobs] == [j.job_id for j in again]
+    assert teacher_job(cfg, cfg.tasks[0]).job_id not in {j.job_id for j in jobs}
+
+
+def test_changing_one_value_changes_only_what_depends_on_it() -> None:
+    base = parse_config(_demo())
+    data = _demo()
+    data["prune"]["learning_rate"] = 1e-4
+    changed = parse_config(data)
+    task = base.tasks[0]
+    assert teacher_job(base, task).job_id == teacher_job(changed, changed.tasks[0]).job_id
+    old = {j.job_id for j in expand_grid(base, task)}
+    new = {j.job_id for j in expand_grid(changed, changed.tasks[0])}
+    assert old.isdisjoint(new)

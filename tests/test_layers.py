@@ -1,0 +1,38 @@
+"""The layering rules of DESIGN.md, checked on the source: imports point down only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORT = re.compile(r"^\s*(?:from|import)\s+([\w.]+)", re.M)
+ABOVE = {"pruning": {"infra", "tasks", "flows"}, "infra": {"tasks", "flows"}, "tasks": {"flows"}}
+
+
+def _imports(layer: str) -> dict[str, set[str]]:
+    return {str(p.relative_to(ROOT)): set(IMPORT.findall(p.read_text()))
+            for p in (ROOT / layer).rglob("*.py")}
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    for layer, above in ABOVE.items():
+        for path, names in _imports(layer).items():
+            bad = {n for n in names if n.split(".")[0] in above}
+            assert not bad, f"{path} imports {bad} from a layer above {layer}/"
+
+
+def test_outside_systems_each_have_one_home() -> None:
+    homes = {"mlflow": {"infra/tracking.py", "infra/registry.py"},
+             "ray.train": {"infra/training.py"}}
+    for layer in ("pruning", "infra", "tasks", "flows"):
+        for path, names in _imports(layer).items():
+            for system, allowed in homes.items():
+                if any(n == system or n.startswith(system + ".") for n in names):
+                    assert path in allowed, f"{path} imports {system}; only {sorted(allowed)} may"
+
+
+def test_from_pretrained_is_called_in_one_place() -> None:
+    callers = {str(p.relative_to(ROOT)) for layer in ("pruning", "infra", "tasks", "flows")
+               for p in (ROOT / layer).rglob("*.py") if ".from_pretrained(" in p.read_text()}
+    assert callers <= {"infra/models.py"}, callers
