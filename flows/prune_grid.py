@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -36,7 +37,7 @@ def _tracking_uri(settings: Settings) -> str:
     if settings.mlflow_tracking_uri:
         return settings.mlflow_tracking_uri
     # No server named: start (or reuse) a loopback MLflow server under PRUNEGRID_HOME.
-    return LocalStack(settings.stack_dir).up(["mlflow"])["mlflow"].url
+    return LocalStack.from_env(settings).up(["mlflow"])["mlflow"].url
 
 
 @flow(name="prune-grid")  # no log_prints: Ray already forwards worker output
@@ -75,15 +76,7 @@ def _run_task(cfg, task_spec, ctx, failed: list[str]) -> pd.DataFrame:
     dataset = prepare_dataset(task_spec, cfg.model, ctx)
     t_job = teacher_job(cfg, task_spec)
     teacher = finetune_teacher(t_job, dataset, ctx)
-    grid = expand_grid(cfg, task_spec)
-    futures = [prune.submit(job, dataset, teacher, ctx) for job in grid]
-    trained = []
-    for job, future in zip(grid, futures):
-        state = future.wait() or future.state
-        if state.is_completed():
-            trained.append((job, future.result()))
-        else:
-            failed.append(f"{job.label} ({job.job_id}): {state.message}")
+    trained = _prune_all(expand_grid(cfg, task_spec), dataset, teacher, ctx, failed)
     # Evaluate after all training so latency is measured on a quiet machine.
     teacher_record = evaluate(t_job, teacher, dataset, ctx, cfg.evaluation)
     records = [evaluate(job, ref, dataset, ctx, cfg.evaluation) for job, ref in trained]
@@ -91,6 +84,30 @@ def _run_task(cfg, task_spec, ctx, failed: list[str]) -> pd.DataFrame:
                                      cfg.grid.sparsities)
     return report.results_frame(task_spec.name, [teacher_record, *records],
                                 dict(promotion.aliases), dict(promotion.versions))
+
+
+def _prune_all(grid, dataset, teacher, ctx, failed: list[str]) -> list:
+    """Run the grid's jobs, as many at a time as the cluster holds; a failure spares the rest."""
+    if not grid:
+        return []
+    compute = grid[0].compute
+    slots = ray_cluster.job_slots(compute.num_workers, compute.cpus_per_worker, compute.use_gpu)
+    pending, running, trained = list(grid), {}, []
+    while pending or running:
+        while pending and len(running) < slots:
+            job = pending.pop(0)
+            running[job] = prune.submit(job, dataset, teacher, ctx)
+        time.sleep(0.5)
+        for job, future in list(running.items()):
+            if not future.state.is_final():
+                continue
+            del running[job]
+            if future.state.is_completed():
+                trained.append((job, future.result()))
+            else:
+                failed.append(f"{job.label} ({job.job_id}): {future.state.message}")
+    order = {job.job_id: i for i, job in enumerate(grid)}
+    return sorted(trained, key=lambda pair: order[pair[0].job_id])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from infra import benchmarks
 from pruning.methods import MethodName, method_options
+
+# What a plain (packaged or file) classification task reports; mirrors infra.prepared.
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro")
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -46,25 +50,54 @@ class SplitSpec(Frozen):
 
 
 class TaskSpec(Frozen):
-    """Where a task's labelled data comes from and which columns hold what."""
+    """Where a task's labelled data comes from and which columns hold what.
+
+    A GLUE or XGLUE task the registry knows (`source: glue, subset: mrpc`) brings its own
+    columns, labels, evaluation sets and metrics; columns given here override the registry's.
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    source: Literal["packaged", "file", "glue"] = "packaged"
+    source: Literal["packaged", "file", "glue", "xglue"] = "packaged"
     path: str | None = None
     subset: str | None = None
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
     labels: tuple[int, ...] | None = None
+    # XGLUE only: the target languages to evaluate (default: all of the task's); English,
+    # the training language, is always evaluated.
+    languages: tuple[str, ...] | None = None
     split: SplitSpec = SplitSpec()
 
     @model_validator(mode="after")
     def _source_needs(self) -> "TaskSpec":
         if self.source == "file" and not self.path:
             raise ValueError("source 'file' needs 'path' (a .csv, .parquet or .jsonl file)")
-        if self.source == "glue" and not self.subset:
-            raise ValueError("source 'glue' needs 'subset' (the GLUE task, e.g. sst2)")
+        if self.source in ("glue", "xglue") and not self.subset:
+            raise ValueError(f"source '{self.source}' needs 'subset' (the task, e.g. sst2 or xnli)")
+        if self.source == "xglue":
+            benchmarks.with_languages(benchmarks.find_task("xglue", self.subset), self.languages)
+        elif self.languages is not None:
+            raise ValueError("'languages' applies to source 'xglue' only")
         return self
+
+    def benchmark_task(self) -> benchmarks.BenchmarkTask | None:
+        """The registry's entry for this task (None for packaged/file data or an unlisted GLUE subset)."""
+        if self.source not in ("glue", "xglue"):
+            return None
+        try:
+            task = benchmarks.find_task(self.source, self.subset or "")
+        except benchmarks.BenchmarkError:
+            return None  # an unlisted GLUE config still loads with the columns spelled out here
+        return benchmarks.with_languages(task, self.languages)
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The dev_* metrics evaluation will log for this task (promotion can gate on any)."""
+        task = self.benchmark_task()
+        names = (*(task.metrics if task else CLASSIFICATION_METRICS), "score")
+        if task and task.languages:  # cross-lingual: the means over languages too
+            names += tuple(f"avg_{name}" for name in names)
+        return names
 
 
 class TrainSpec(Frozen):
@@ -151,6 +184,15 @@ class ExperimentConfig(Frozen):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names repeat: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_metric_exists(self) -> "ExperimentConfig":
+        gate = self.registry.gate.metric
+        for task in self.tasks:
+            if gate not in task.metric_names():
+                raise ValueError(f"registry.gate.metric '{gate}' is not reported for task '{task.name}'; "
+                                 f"use one of {list(task.metric_names())} ('score' fits every task)")
         return self
 
 

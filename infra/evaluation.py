@@ -15,8 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infra import data, models
+from infra import data, metrics, models
 from pruning.accounting import count_params, encoder_sparsity, model_nonzero_params
+from pruning.analysis import fisher_criterion, silhouette_score, weight_snr
+
+SEPARABILITY_POINTS = 2000  # dev examples at most: the silhouette builds an [N, N] matrix
 
 
 @dataclass(frozen=True)
@@ -29,26 +32,37 @@ class LatencySpec:
 
 @torch.inference_mode()
 def predict(model: nn.Module, table, batch_size: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted and gold labels over a split, in order: ([N], [N])."""
+    """Predictions and gold labels over a split, in order: ([N], [N]). A classifier predicts the
+    arg-max class; a regression head (num_labels 1) its single output, the predicted score."""
     preds, golds = [], []
     for batch in data.batches(table, batch_size, shuffle=False, seed=0, pad_token_id=pad_token_id):
         labels = batch.pop("labels")
         logits = model(**batch).logits  # [B, num_labels]
-        preds.append(logits.argmax(dim=-1))
+        preds.append(logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(dim=-1))
         golds.append(labels)
     return torch.cat(preds), torch.cat(golds)
 
 
 def classification_metrics(pred: torch.Tensor, gold: torch.Tensor) -> dict[str, float]:
     """Accuracy and macro-F1 over integer labels."""
-    accuracy = (pred == gold).float().mean().item()
-    f1s = []
-    for label in torch.unique(torch.cat([pred, gold])).tolist():
-        tp = ((pred == label) & (gold == label)).sum().item()
-        fp = ((pred == label) & (gold != label)).sum().item()
-        fn = ((pred != label) & (gold == label)).sum().item()
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": accuracy, "f1_macro": sum(f1s) / len(f1s)}
+    p, g = pred.numpy(), gold.numpy()
+    return {"accuracy": metrics.accuracy(p, g), "f1_macro": metrics.f1_macro(p, g)}
+
+
+def task_metrics(ref: data.DatasetRef, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                 ) -> dict[str, float]:
+    """`<split>_<metric>` for every split and every metric of the task, plus `<split>_score`; a
+    cross-lingual task adds `dev_avg_<metric>` and `test_avg_<metric>`, the means over its
+    languages (each language weighs the same, whatever its size)."""
+    out: dict[str, float] = {}
+    for split, (pred, gold) in splits.items():
+        values = metrics.compute(pred.numpy(), gold.numpy(), ref.metrics, ref.score)
+        out |= {f"{split}_{name}": value for name, value in values.items()}
+    for group in ("dev", "test"):
+        members = [s for s, _ in ref.languages if s.split("_")[0] == group and s in splits]
+        for name in (*ref.metrics, "score") if members else ():
+            out[f"{group}_avg_{name}"] = sum(out[f"{s}_{name}"] for s in members) / len(members)
+    return out
 
 
 @torch.inference_mode()
@@ -57,7 +71,7 @@ def latency_ms(model: nn.Module, batch_size: int, seq_len: int, repeats: int, vo
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator)  # [B, T]
     mask = torch.ones_like(ids)
-    for _ in range(2):  # warm-up: allocator and kernel selection
+    for _ in range(1):  # warm-up: allocator and kernel selection
         model(input_ids=ids, attention_mask=mask)
     times = []
     for _ in range(repeats):
@@ -65,6 +79,35 @@ def latency_ms(model: nn.Module, batch_size: int, seq_len: int, repeats: int, vo
         model(input_ids=ids, attention_mask=mask)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+@torch.inference_mode()
+def cls_features(model: nn.Module, table, batch_size: int, pad_token_id: int,
+                 max_points: int = SEPARABILITY_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer [CLS] hidden states [N, H] and labels [N] of the first `max_points` rows."""
+    feats, golds, seen = [], [], 0
+    for batch in data.batches(table, batch_size, shuffle=False, seed=0, pad_token_id=pad_token_id):
+        if seen >= max_points:
+            break
+        golds.append(batch.pop("labels"))
+        feats.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0])
+        seen += golds[-1].shape[0]
+    return torch.cat(feats)[:max_points].float(), torch.cat(golds)[:max_points]
+
+
+def analysis_metrics(model: nn.Module, ref: data.DatasetRef, batch_size: int,
+                     pad_token_id: int) -> dict[str, float]:
+    """SDP's analysis (pruning.analysis): weight SNR, and for classifiers the separability of
+    the last-layer [CLS] on dev (Fisher criterion, cosine silhouette)."""
+    out = {"weight_snr": weight_snr(model)}
+    dev = next((split for split, size in ref.sizes if split.startswith("dev") and size > 0), None)
+    if dev is None or model.config.num_labels < 2:
+        return out  # regression: no classes to separate
+    feats, labels = cls_features(model, data.read_split(ref, dev), batch_size, pad_token_id)
+    if torch.unique(labels).numel() >= 2:
+        out["separability_fisher"] = fisher_criterion(feats, labels)
+        out["separability_silhouette"] = silhouette_score(feats, labels, metric="cosine")
+    return out
 
 
 def size_metrics(model_dir: Path) -> dict[str, float]:
@@ -81,23 +124,23 @@ def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency: 
     """All metrics of one saved model as a flat dict (MLflow metric names)."""
     model = models.load_saved(model_dir)
     pad = getattr(model.config, "pad_token_id", 0) or 0
-    metrics: dict[str, float] = {}
-    for split in ("dev", "test"):
-        pred, gold = predict(model, data.read_split(ref, split), batch_size, pad)
-        metrics |= {f"{split}_{k}": v for k, v in classification_metrics(pred, gold).items()}
-    metrics |= {
+    predictions = {split: predict(model, data.read_split(ref, split), batch_size, pad)
+                   for split, size in ref.sizes if split != "train" and size > 0}
+    results = task_metrics(ref, predictions)
+    results |= {
         "encoder_sparsity": encoder_sparsity(model),
         "model_nonzero_params": float(model_nonzero_params(model)),
         "model_params": float(count_params(model)),
     }
-    metrics |= size_metrics(Path(model_dir))
+    results |= size_metrics(Path(model_dir))
+    results |= analysis_metrics(model, ref, batch_size, pad)
     threads = torch.get_num_threads()
     torch.set_num_threads(latency.threads)
     try:
         seq_len = min(latency.seq_len, model.config.max_position_embeddings)
         for b in latency.batch_sizes:
-            metrics[f"latency_ms_b{b}"] = latency_ms(model, b, seq_len, latency.repeats,
+            results[f"latency_ms_b{b}"] = latency_ms(model, b, seq_len, latency.repeats,
                                                      model.config.vocab_size)
     finally:
         torch.set_num_threads(threads)
-    return metrics
+    return results

@@ -70,6 +70,15 @@ def _flat(prefix: str, value: object) -> dict[str, object]:
     return {prefix: value}
 
 
+def _log_recovery(uri: str, run_id: str, path: Path) -> None:
+    """The recovery curve of a masked method as the run's `recovery.json`, its means as metrics."""
+    if not path.is_file():
+        return  # dense jobs keep no curve
+    text = path.read_text()
+    tracking.log_text(uri, run_id, text, "recovery.json")
+    tracking.log_metrics(uri, run_id, json.loads(text).get("summary", {}))
+
+
 def train(job: JobSpec, dataset: DatasetRef, teacher: ModelRef | None, ctx: GridContext) -> ModelRef:
     """Run one training job under its own MLflow run (nested in the grid's run)."""
     tags = {"job_id": job.job_id, "task": job.task, "method": job.method,
@@ -91,6 +100,7 @@ def train(job: JobSpec, dataset: DatasetRef, teacher: ModelRef | None, ctx: Grid
             cpus_per_worker=job.compute.cpus_per_worker, use_gpu=job.compute.use_gpu,
             max_failures=job.compute.max_failures, storage_path=home / "ray_results", out_dir=out_dir)
         tracking.log_dir(ctx.tracking_uri, run_id, out_dir, "model")
+        _log_recovery(ctx.tracking_uri, run_id, training.recovery_path(out_dir))
     except BaseException as error:
         tracking.end_run(ctx.tracking_uri, run_id, ok=False, error=str(error))
         raise

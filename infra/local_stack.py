@@ -171,7 +171,9 @@ class LocalStack:
             # Ours: the recorded leader (same start time), or, with the leader gone, what is
             # left of its group (a live group keeps its id from being reused as a pid).
             if _start_time(pid) == state.get("start") or (not _stat(pid) and group_members(pid)):
-                _stop_group(pid, self.stop_grace_s)
+                # `ray start` drains its node through the GCS before stopping its children:
+                # SIGTERM to the whole group kills the GCS first and leaves it waiting.
+                _stop_group(pid, self.stop_grace_s, leader_first=name == "ray")
         self._clear(name)
         if name == "ray":  # its sessions' sockets and logs
             shutil.rmtree(self._ray_tmp(), ignore_errors=True)
@@ -381,11 +383,14 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def _stop_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM the whole group, SIGKILL what is left after `grace_s`, reap our child."""
+def _stop_group(pgid: int, grace_s: float, leader_first: bool = False) -> None:
+    """SIGTERM the group (or only its leader), SIGKILL what is left after `grace_s`, reap."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
+            if leader_first and sig == signal.SIGTERM and _alive(pgid):
+                os.kill(pgid, sig)
+            else:
+                os.killpg(pgid, sig)
         deadline = time.monotonic() + wait_s
         while (_alive(pgid) or group_members(pgid)) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -11,10 +11,18 @@ from infra.config import ExperimentConfig, TaskSpec
 
 
 def task_source(spec: TaskSpec) -> data.TaskSource:
-    """Plain loader arguments from the task's config."""
+    """Plain loader arguments from the task's config; a registry task fills in what it leaves out."""
+    task = spec.benchmark_task()
+    columns = {"text_column": spec.text_column, "text_pair_column": spec.text_pair_column,
+               "label_column": spec.label_column, "labels": spec.labels}
+    if task is not None:
+        given = spec.model_fields_set
+        registry = {"text_column": task.text_columns[0], "text_pair_column": data.pair_column(task),
+                    "label_column": task.label_column,
+                    "labels": None if task.is_regression else tuple(range(task.num_labels))}
+        columns = {key: columns[key] if key in given else value for key, value in registry.items()}
     return data.TaskSource(name=spec.name, kind=spec.source, path=spec.path, subset=spec.subset,
-                           text_column=spec.text_column, text_pair_column=spec.text_pair_column,
-                           label_column=spec.label_column, labels=spec.labels)
+                           task=task, **columns)
 
 
 def split_spec(spec: TaskSpec) -> data.SplitSpec:

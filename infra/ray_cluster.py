@@ -41,6 +41,10 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     env = {k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()}
     # report() waits for the controller's poll; a short poll keeps short jobs short.
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Ray Train re-logs every print of a worker by default, so each progress line came twice.
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not settings.ray_address:  # spot-instance preemption cannot happen on this machine
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     env["PRUNEGRID_HOME"] = str(settings.home)
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         if os.environ.get(key):
@@ -83,6 +87,19 @@ def _single_machine() -> None:
     from ray._private import ray_constants  # private, hence the test that guards it
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def job_slots(num_workers: int, cpus_per_worker: int, use_gpu: bool) -> int:
+    """How many jobs of this shape the cluster can run at once (at least 1).
+
+    Resources decide: the grid submits this many jobs and the next one as each finishes,
+    instead of queueing every job in Ray, where a waiting job's controller times out and retries.
+    """
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 0) // max(1, num_workers * cpus_per_worker))
+    if use_gpu:
+        fits = min(fits, int(total.get("GPU", 0) // max(1, num_workers)))
+    return max(1, fits)
 
 
 def disconnect(started: bool) -> None:

@@ -6,6 +6,7 @@ global tracking state is set at import time or shared between threads.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import urllib.error
@@ -51,6 +52,35 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"MLflow server {uri} is unreachable ({error}); start one with `make up` "
             "or point MLFLOW_TRACKING_URI at a running server"
         ) from None
+    _check_credentials(uri, timeout)
+
+
+def _check_credentials(uri: str, timeout: float) -> None:
+    """A server with auth on answers /health to anyone: one small read tells if we may in.
+
+    Sends what MLflow's client sends: MLFLOW_TRACKING_USERNAME/PASSWORD (basic auth) or
+    MLFLOW_TRACKING_TOKEN (bearer). Only a refusal is reported; anything else is MLflow's.
+    """
+    headers = {}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    elif token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    probe = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            who = f"user {user!r}" if user and password else "requests without credentials"
+            raise TrackingError(
+                f"MLflow server {uri} refused {who} (HTTP {error.code}); set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an MLflow user's "
+                "credentials") from None
+    except (urllib.error.URLError, OSError):
+        return  # /health answered a moment ago; let MLflow's own retries deal with a blip
 
 
 def client(uri: str) -> MlflowClient:

@@ -98,6 +98,18 @@ def _load_checkpoint(folder: Path, student: nn.Module, method, optimizer, schedu
     return json.loads((folder / "trainer_state.json").read_text())["step"]
 
 
+def recovery_path(out_dir: Path) -> Path:
+    """Where run_job leaves a job's recovery curve: beside its model folder, not inside it."""
+    return out_dir.with_name(out_dir.name + ".recovery.json")
+
+
+def _save_recovery(folder: Path, method) -> None:
+    # Masked methods record the task loss around each mask update (pruning.analysis).
+    recovery = getattr(method, "recovery", None)
+    if recovery is not None:
+        (folder / "recovery.json").write_text(json.dumps(recovery.to_dict(), indent=2))
+
+
 def _student_source(args: JobArgs) -> tuple[str, str]:
     starts_from = METHOD_SPECS[args.method].starts_from
     if starts_from == "teacher":
@@ -196,6 +208,7 @@ def _report(step, total_steps, loss, rank, student, method, optimizer, scheduler
         _save_checkpoint(folder, student, method, optimizer, scheduler, step)
         if final:
             models.save_model(student, models.load_tokenizer(tokenizer_source), folder / "model")
+            _save_recovery(folder, method)  # recovery.json next to model/
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # ray: persist
 
 
@@ -234,6 +247,12 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
         shutil.copytree(source, tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
+        curve, target = Path(folder) / "recovery.json", recovery_path(out_dir)
+        if curve.is_file():
+            shutil.copyfile(curve, target.with_name(target.name + ".tmp"))
+            os.replace(target.with_name(target.name + ".tmp"), target)
+        else:
+            target.unlink(missing_ok=True)
     return out_dir
 
 

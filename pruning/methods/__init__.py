@@ -18,13 +18,17 @@ from torch import nn
 from pruning.methods.base import MaskedMethod, PruningMethod
 from pruning.methods.dense import Dense
 from pruning.methods.gmp import GradualMagnitude
+from pruning.methods.sdp import SelfDistilled
+from pruning.methods.sparsebert import SparseBert
 
-MethodName = Literal["dense", "gmp"]
-METHOD_NAMES: tuple[MethodName, ...] = ("dense", "gmp")
+MethodName = Literal["dense", "gmp", "sdp", "sparsebert"]
+METHOD_NAMES: tuple[MethodName, ...] = ("dense", "gmp", "sdp", "sparsebert")
 
 _CONSTRUCTORS: dict[str, Callable[..., PruningMethod]] = {
     "dense": Dense,
     "gmp": GradualMagnitude,
+    "sdp": SelfDistilled,
+    "sparsebert": SparseBert,
 }
 _COMMON = ("teacher", "total_steps", "final_sparsity")
 
@@ -39,9 +43,14 @@ class MethodSpec:
 
 # dense: the teacher itself, fine-tuned from the pretrained weights.
 # gmp: prunes the fine-tuned teacher, no distillation (METHODS.md baselines).
+# sdp: prunes the fine-tuned teacher, distilling from its frozen copy (section 1; with
+#   teacher_mode="shared" the loaded copy goes unused).
+# sparsebert: prunes the pre-trained model, distilling the fine-tuned teacher (section 3).
 METHOD_SPECS: dict[str, MethodSpec] = {
     "dense": MethodSpec(starts_from="pretrained", needs_teacher=False),
     "gmp": MethodSpec(starts_from="teacher", needs_teacher=False),
+    "sdp": MethodSpec(starts_from="teacher", needs_teacher=True),
+    "sparsebert": MethodSpec(starts_from="pretrained", needs_teacher=True),
 }
 
 __all__ = [

@@ -18,6 +18,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from pruning.analysis import RecoveryTracker
 from pruning.masks import apply_masks, global_keep_masks, local_keep_masks, magnitude_scores
 from pruning.schedules import CubicSchedule
 from pruning.targets import encoder_linear_weights
@@ -29,6 +30,7 @@ ALLOCATIONS: tuple[Allocation, ...] = ("local", "global")
 
 _STEP_KEY = "step"
 _MASK_PREFIX = "mask."
+_RECOVERY_PREFIX = "recovery."
 
 
 @runtime_checkable
@@ -78,13 +80,17 @@ class MaskedMethod(abc.ABC):
 
     Subclasses add `loss` (and may override `importance_scores`); the schedule,
     the masks, their monotone updates, re-application after every optimizer step
-    and checkpointing live here.
+    and checkpointing live here. So does the recovery curve (pruning.analysis):
+    a subclass's `loss` reports its task loss with `self.recovery.observe(self.step,
+    value)`, and every mask update that prunes more opens a record of `recovery_steps`
+    + 1 losses.
     """
 
     name: str = "masked"
 
     def __init__(
-        self, student: nn.Module, *, schedule: CubicSchedule, allocation: Allocation = "local"
+        self, student: nn.Module, *, schedule: CubicSchedule, allocation: Allocation = "local",
+        recovery_steps: int = 10,
     ) -> None:
         if allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
@@ -96,6 +102,7 @@ class MaskedMethod(abc.ABC):
             name: torch.ones_like(w, dtype=torch.bool) for name, w in self.params.items()
         }
         self.step = 0
+        self.recovery = RecoveryTracker(recovery_steps)
 
     def importance_scores(self) -> dict[str, Tensor]:
         """name -> score [*] for each masked weight; magnitude of w * mask by default."""
@@ -106,8 +113,11 @@ class MaskedMethod(abc.ABC):
         select = global_keep_masks if self.allocation == "global" else local_keep_masks
         sparsity = self.schedule.sparsity_at(step)
         self._follow_params()
+        kept_before = sum(int(m.sum()) for m in self.masks.values())
         self.masks = select(self.importance_scores(), sparsity, previous=self.masks)
         apply_masks(self.params, self.masks)
+        if sum(int(m.sum()) for m in self.masks.values()) < kept_before:
+            self.recovery.mark_update(step, sparsity)
 
     def _follow_params(self) -> None:
         # The loop may move the student (Ray's prepare_model) after the method is built;
@@ -136,14 +146,22 @@ class MaskedMethod(abc.ABC):
         return self.schedule.final_sparsity
 
     def state_dict(self) -> dict[str, Tensor]:
-        """{"step": int64 [], "mask.<param name>": bool [*] on CPU}."""
+        """{"step": int64 [], "mask.<param name>": bool [*] on CPU, "recovery.*": float64}."""
         state = {_STEP_KEY: torch.tensor(self.step, dtype=torch.int64)}
         for name, mask in self.masks.items():
             state[_MASK_PREFIX + name] = mask.detach().to("cpu", torch.bool).contiguous()
+        for key, value in self.recovery.state_dict().items():
+            state[_RECOVERY_PREFIX + key] = value.contiguous()
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore masks and step from `state_dict()` and apply the masks to the student."""
+        """Restore masks and step from `state_dict()` and apply the masks to the student.
+
+        The recovery records are optional (checkpoints written before they existed).
+        """
+        recovery = {k[len(_RECOVERY_PREFIX):]: v for k, v in state.items()
+                    if k.startswith(_RECOVERY_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(_RECOVERY_PREFIX)}
         expected = {_MASK_PREFIX + name for name in self.params} | {_STEP_KEY}
         if set(state) != expected:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -161,4 +179,6 @@ class MaskedMethod(abc.ABC):
             masks[name] = mask.to(w.device, torch.bool)
         self.masks = masks
         self.step = int(state[_STEP_KEY])
+        if recovery:
+            self.recovery.load_state_dict(recovery)
         apply_masks(self.params, self.masks)

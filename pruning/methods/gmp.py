@@ -18,6 +18,8 @@ class GradualMagnitude(MaskedMethod):
     stays fixed while the network recovers; each matrix is ranked on its own
     (`allocation` = "local"; "global" ranks all matrices against one threshold).
     Only Q, K, V, attention output, FFN in and FFN out weights are pruned.
+    `recovery_steps` = 10 is how many steps after each mask update the task loss is
+    recorded for the recovery curve (pruning.analysis.RecoveryTracker; our default).
     """
 
     name = "gmp"
@@ -32,6 +34,7 @@ class GradualMagnitude(MaskedMethod):
         end_fraction: float = 2 / 3,
         update_every: int = 10,
         allocation: Allocation = "local",
+        recovery_steps: int = 10,
     ) -> None:
         schedule = CubicSchedule.over_run(
             total_steps,
@@ -40,9 +43,11 @@ class GradualMagnitude(MaskedMethod):
             end_fraction=end_fraction,
             update_every=update_every,
         )
-        super().__init__(student, schedule=schedule, allocation=allocation)
+        super().__init__(student, schedule=schedule, allocation=allocation,
+                         recovery_steps=recovery_steps)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         loss = task_loss(model, batch)
+        self.recovery.observe(self.step, float(loss.detach()))
         logs = {"task_loss": float(loss.detach()), "sparsity": self.schedule.sparsity_at(self.step)}
         return loss, logs

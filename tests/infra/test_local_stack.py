@@ -164,8 +164,8 @@ def test_prefect_server_and_worker_come_up_show_in_status_and_stop_worker_first(
 
         stopped: list[int] = []
         real_stop = ls._stop_group
-        monkeypatch.setattr(ls, "_stop_group",
-                            lambda pgid, grace: (stopped.append(pgid), real_stop(pgid, grace)))
+        monkeypatch.setattr(ls, "_stop_group", lambda pgid, *args, **kwargs: (
+            stopped.append(pgid), real_stop(pgid, *args, **kwargs)))
         stack.down()
         assert stopped == [worker.pid, server.pid]
         assert _gone(worker.pid) and _gone(server.pid)

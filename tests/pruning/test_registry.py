@@ -17,8 +17,9 @@ from pruning.methods.gmp import GradualMagnitude
 def test_every_registered_name_builds(tiny_bert):
     for name in METHOD_NAMES:
         sparsity = 0.0 if name == "dense" else 0.5
+        teacher = tiny_bert(seed=1) if METHOD_SPECS[name].needs_teacher else None
         method = build_method(
-            name, tiny_bert(), total_steps=10, final_sparsity=sparsity, options={}
+            name, tiny_bert(), teacher=teacher, total_steps=10, final_sparsity=sparsity, options={}
         )
         assert isinstance(method, PruningMethod) and method.name == name
 
@@ -40,7 +41,7 @@ def test_options_reach_the_constructor(tiny_bert):
     assert isinstance(method, GradualMagnitude)
     assert method.schedule.update_every == 5 and method.schedule.end_step == 50
     assert method.allocation == "global"
-    expected = {"start_fraction", "end_fraction", "update_every", "allocation"}
+    expected = {"start_fraction", "end_fraction", "update_every", "allocation", "recovery_steps"}
     assert set(method_options("gmp")) == expected
 
 
