@@ -65,8 +65,9 @@ class TaskSpec(Frozen):
     label_column: str = "label"
     labels: tuple[int, ...] | None = None
     # XGLUE only: the target languages to evaluate (default: all of the task's); English,
-    # the training language, is always evaluated.
-    languages: tuple[str, ...] | None = None
+    # the training language, is always evaluated. Left out of dumps when unset, so the job
+    # ids of configs written before this key existed do not change.
+    languages: tuple[str, ...] | None = Field(default=None, exclude_if=lambda v: v is None)
     split: SplitSpec = SplitSpec()
 
     @model_validator(mode="after")
