@@ -13,6 +13,8 @@ COLUMNS = {
     "encoder_sparsity": "encoder sparsity",
     "dev_accuracy": "dev acc",
     "test_accuracy": "test acc",
+    "dev_score": "dev score",
+    "test_score": "test score",
     "model_nonzero_params": "non-zero params (M)",
     "size_mb": "size (MB)",
     "size_compressed_mb": "zipped (MB)",
@@ -34,6 +36,8 @@ def results_frame(task: str, records: list[EvalRecord], aliases: dict[str, str],
             "task": task, "method": "teacher" if record.method == "dense" else record.method,
             "target_sparsity": record.target_sparsity, "encoder_sparsity": m.get("encoder_sparsity"),
             "dev_accuracy": m.get("dev_accuracy"), "test_accuracy": m.get("test_accuracy"),
+            # The task's official combined metric (GLUE score, Pearson/Spearman for STS-B).
+            "dev_score": m.get("dev_score"), "test_score": m.get("test_score"),
             "model_nonzero_params": m.get("model_nonzero_params", 0) / 1e6,
             "size_mb": m.get("size_mb"), "size_compressed_mb": m.get("size_compressed_mb"),
             **{k: v for k, v in m.items() if k.startswith("latency_ms_b")},
@@ -48,7 +52,8 @@ def to_markdown(frame: pd.DataFrame) -> str:
     latency = sorted((c for c in frame.columns if c.startswith("latency_ms_b")),
                      key=lambda c: int(c.rsplit("b", 1)[1]))
     names = COLUMNS | {c: f"CPU ms b{c.rsplit('b', 1)[1]}" for c in latency}
-    order = [c for c in COLUMNS if c in frame.columns and c != "aliases"] + latency + ["aliases"]
+    shown_cols = [c for c in COLUMNS if c in frame.columns and frame[c].notna().any()]
+    order = [c for c in shown_cols if c != "aliases"] + latency + ["aliases"]
     shown = frame[order].rename(columns=names)
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
