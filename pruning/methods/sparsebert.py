@@ -1,0 +1,163 @@
+"""SparseBERT: knowledge-aware sparse pruning from the pre-trained weights
+(Xu et al., NAACL 2021; METHODS.md section 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pruning import losses
+from pruning.methods.base import Allocation, Batch, MaskedMethod
+from pruning.schedules import CubicSchedule
+
+TARGET_MASK_UPDATES = 100  # METHODS.md: "~100 mask updates"
+
+
+def self_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention blocks of a BERT-like encoder, in layer order.
+
+    A block is a module with `query` and `key` nn.Linear children and a
+    `num_attention_heads` attribute (BertSelfAttention, RobertaSelfAttention, ...).
+    """
+    inner = model.module if hasattr(model, "module") else model
+    found = [m for m in inner.modules()
+             if isinstance(getattr(m, "query", None), nn.Linear)
+             and isinstance(getattr(m, "key", None), nn.Linear)
+             and hasattr(m, "num_attention_heads")]
+    if not found:
+        raise ValueError(f"{type(inner).__name__} has no BERT-like self-attention "
+                         "(query/key projections); SparseBERT needs one")
+    return found
+
+
+@contextmanager
+def capture_attention_scores(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect the pre-softmax attention scores of every layer during a forward pass.
+
+    transformers returns post-softmax attentions (and none at all under SDPA), so
+    forward hooks take the outputs of W_q and W_k [B, T, H] and the scores are
+    Q K^T / sqrt(d_head) per head, as BertSelfAttention computes them before adding
+    the mask. Yields a list that holds one [B, h, T, T] tensor per layer after the
+    forward; the hooks are removed on exit.
+    """
+    scores: list[Tensor] = []
+    hooks = []
+    for attention in self_attention_modules(model):
+        pending: dict[str, Tensor] = {}
+
+        def on_query(_m, _i, out, pending=pending):
+            pending["q"] = out
+
+        def on_key(_m, _i, out, pending=pending, heads=attention.num_attention_heads):
+            scores.append(losses.attention_scores(pending.pop("q"), out, heads))
+
+        hooks += [attention.query.register_forward_hook(on_query),
+                  attention.key.register_forward_hook(on_key)]
+    try:
+        yield scores
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+class SparseBert(MaskedMethod):
+    """Prune the *pre-trained* model while distilling the fine-tuned teacher into it.
+
+    METHODS.md section 3 (from the authors' code and slides). The student starts
+    from the pre-trained weights, the teacher is the model fine-tuned on the task
+    (frozen, eval mode, no grad). Loss, all weights 1 by default (options
+    `hidden_weight`, `attention_weight`, `logit_weight`):
+      sum over all L + 1 hidden states (embedding output included) of MSE(H_s, H_t)
+      + sum over layers of MSE of the pre-softmax attention scores [B, h, T, T],
+        padded key positions zeroed (pruning.losses.masked_scores)
+      + soft cross-entropy of the student logits against the teacher probabilities
+        at `temperature` = 1.0 (our default); for regression (num_labels == 1) MSE of
+        the student's prediction to the gold label instead.
+    No hard-label term; the task loss is computed for logs and the recovery curve only.
+    Student and teacher must have the same widths (no projection is learned: the
+    training loop's optimizer only holds the student's parameters).
+
+    Pruning: unstructured magnitude per matrix (`allocation` = "local") of Q, K, V,
+    attention output, FFN in and out; embeddings, biases, LayerNorms, pooler and
+    classifier stay dense. Cubic schedule from 0 at `start_fraction` = 0.0 to the
+    target at `end_fraction` = 1.0 (the whole run: no dense warm-up, no fixed-mask
+    phase), masks updated every `update_every` steps, by default total_steps // 100
+    (at least 1), so about 100 updates. `recovery_steps` = 10 (ours).
+
+    The paper's optimisation recipe is config, not method code: batch 32, learning
+    rate 3e-5 constant (warmup_fraction 0 and no decay), weight decay 0.01.
+    """
+
+    name = "sparsebert"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        teacher: nn.Module,
+        final_sparsity: float,
+        total_steps: int,
+        hidden_weight: float = 1.0,
+        attention_weight: float = 1.0,
+        logit_weight: float = 1.0,
+        temperature: float = 1.0,
+        start_fraction: float = 0.0,
+        end_fraction: float = 1.0,
+        update_every: int | None = None,
+        allocation: Allocation = "local",
+        recovery_steps: int = 10,
+    ) -> None:
+        if teacher is student:
+            raise ValueError("SparseBERT's teacher must be the fine-tuned model, not the student")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if update_every is None:
+            update_every = max(1, total_steps // TARGET_MASK_UPDATES)
+        schedule = CubicSchedule.over_run(total_steps, final_sparsity, start_fraction=start_fraction,
+                                          end_fraction=end_fraction, update_every=update_every)
+        super().__init__(student, schedule=schedule, allocation=allocation,
+                         recovery_steps=recovery_steps)
+        s_cfg, t_cfg = student.config, teacher.config
+        if (s_cfg.hidden_size, s_cfg.num_hidden_layers) != (t_cfg.hidden_size, t_cfg.num_hidden_layers):
+            raise ValueError(
+                f"student (hidden {s_cfg.hidden_size}, {s_cfg.num_hidden_layers} layers) and teacher "
+                f"(hidden {t_cfg.hidden_size}, {t_cfg.num_hidden_layers} layers) must match")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weights = (hidden_weight, attention_weight, logit_weight)
+        self.temperature = temperature
+
+    def _run(self, model: nn.Module, batch: Batch) -> tuple[object, list[Tensor]]:
+        with capture_attention_scores(model) as scores:
+            outputs = model(**batch, output_hidden_states=True)
+        return outputs, scores
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Hidden-state + attention-score + prediction distillation; parts as logs."""
+        if "labels" not in batch:
+            raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); the task loss needs them")
+        device = next(self.student.parameters()).device
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            t_out, t_scores = self._run(self.teacher, inputs)
+        s_out, s_scores = self._run(model, batch)
+        mask = batch.get("attention_mask")
+        hidden = losses.hidden_states_mse(s_out.hidden_states, t_out.hidden_states)
+        attention = losses.attention_scores_mse(s_scores, t_scores, mask)
+        if s_out.logits.shape[-1] == 1:  # regression: MSE to gold (METHODS.md)
+            prediction = F.mse_loss(s_out.logits.squeeze(-1).float(), batch["labels"].float())
+        else:
+            prediction = losses.soft_cross_entropy(s_out.logits, t_out.logits, self.temperature)
+        w_h, w_a, w_p = self.weights
+        total = w_h * hidden + w_a * attention + w_p * prediction
+        task = float(s_out.loss.detach())
+        self.recovery.observe(self.step, task)
+        logs = {"task_loss": task, "hidden_loss": float(hidden.detach()),
+                "attention_loss": float(attention.detach()), "prediction_loss": float(prediction.detach()),
+                "sparsity": self.schedule.sparsity_at(self.step)}
+        return total, logs
