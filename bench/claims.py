@@ -308,7 +308,11 @@ def _median_ms(times: list[float]) -> float:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# Claims of issue 3 ({results.get('scale', '?')} scale)", ""]
+    ran = [part for part in ("step_time", "accuracy") if part in results]
+    lines = [f"# Claims of issue 3 ({results.get('scale', '?')} scale; parts run: {', '.join(ran)})", ""]
+    if "accuracy" not in results:
+        lines += ["The accuracy claims (SDP vs GMP, SparseBERT vs teacher, vs a smaller dense model)",
+                  "were not run in this file: `python -m bench.claims --only accuracy`.", ""]
     cost = results.get("step_time")
     if cost:
         lines += ["## Step-time cost (same batch, one process, interleaved steps)", "",
