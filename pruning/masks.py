@@ -8,6 +8,9 @@ the same mask from the same weights) and monotone (a pruned entry never regrows)
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -135,3 +138,15 @@ def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> No
     for name, mask in masks.items():
         # masked_fill, not mul: an inf or NaN weight still becomes an exact 0.
         params[name].masked_fill_(~mask.bool(), 0.0)
+
+
+def masks_checksum(masks: dict[str, Tensor]) -> int:
+    """A 63-bit digest of bool masks (names and kept positions), stable across processes.
+
+    DDP ranks compare it to prove they prune the same entries (infra.training).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(np.packbits(masks[name].detach().to("cpu", torch.bool).numpy()).tobytes())
+    return int.from_bytes(digest.digest()[:8], "big") >> 1

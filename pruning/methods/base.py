@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from pruning.analysis import RecoveryTracker
-from pruning.masks import apply_masks, global_keep_masks, local_keep_masks, magnitude_scores
+from pruning.masks import (apply_masks, global_keep_masks, local_keep_masks, magnitude_scores,
+                           masks_checksum)
 from pruning.schedules import CubicSchedule
 from pruning.targets import encoder_linear_weights
 
@@ -144,6 +145,10 @@ class MaskedMethod(abc.ABC):
     def target_sparsity(self) -> float:
         """The schedule's final sparsity of the encoder linear weights."""
         return self.schedule.final_sparsity
+
+    def mask_checksum(self) -> int:
+        """A 63-bit digest of every mask, in parameter order; equal on every DDP rank."""
+        return masks_checksum(self.masks)
 
     def state_dict(self) -> dict[str, Tensor]:
         """{"step": int64 [], "mask.<param name>": bool [*] on CPU, "recovery.*": float64}."""

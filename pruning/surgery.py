@@ -1,0 +1,119 @@
+"""Apply structured masks: zero them in place (a masked model) or slice them out.
+
+`apply_structured_masks` keeps a regular BERT's shapes and makes it compute exactly
+what `slice_model` computes with the pruned rows, columns, heads and hidden dims
+physically removed; both read pruning.structured.group_layout. The sliced model is a
+pruning.compact model that saves as safetensors and loads through the Auto classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pruning.compact import CompactBertForSequenceClassification, CompactBertModel
+from pruning.structured import StructuredMasks, group_layout
+
+
+class MaskedLayerNorm(nn.LayerNorm):
+    """LayerNorm over the kept hidden dims only; pruned dims come out exactly 0.
+
+    A plain LayerNorm would take its mean and variance over all H dims, zeros
+    included, where the sliced model's takes them over the kept dims. It shares the
+    original's Parameters, so optimizers and state dicts are unaffected.
+    """
+
+    def __init__(self, source: nn.LayerNorm) -> None:
+        nn.Module.__init__(self)
+        self.normalized_shape, self.eps = source.normalized_shape, source.eps
+        self.elementwise_affine = True
+        self.weight, self.bias = source.weight, source.bias
+        self.register_buffer("kept", torch.arange(self.weight.numel(), device=self.weight.device),
+                             persistent=False)
+        self.pruned = False  # a Python flag: no device sync in forward
+
+    def set_keep(self, keep: Tensor) -> None:
+        """keep: bool [H]."""
+        self.pruned = not bool(keep.all())
+        self.kept = torch.nonzero(keep).reshape(-1).to(self.weight.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., H] -> [..., H], zeros on pruned dims."""
+        if not self.pruned:
+            return super().forward(x)
+        idx = self.kept
+        y = F.layer_norm(x.index_select(-1, idx), (idx.numel(),), self.weight.index_select(0, idx),
+                         self.bias.index_select(0, idx), self.eps)
+        return x.new_zeros(x.shape).index_copy(-1, idx, y)
+
+
+def install_masked_layernorms(model: nn.Module) -> None:
+    """Swap every nn.LayerNorm of `model` for a MaskedLayerNorm sharing its Parameters (idempotent)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.LayerNorm) and not isinstance(child, MaskedLayerNorm):
+                setattr(module, name, MaskedLayerNorm(child))
+
+
+@torch.no_grad()
+def apply_structured_masks(model: nn.Module, masks: StructuredMasks) -> None:
+    """Zero every pruned row, column and bias entry, and mask the LayerNorms.
+
+    `model` is an unwrapped BertModel or BertForSequenceClassification of the masks'
+    full widths. Afterwards it computes what slice_model(model, masks) computes, and
+    pruned hidden dims are exactly 0 all along the residual stream. Idempotent.
+    """
+    install_masked_layernorms(model)
+    vectors = masks.group_vectors()
+    for module in model.modules():
+        if isinstance(module, MaskedLayerNorm):
+            module.set_keep(vectors["hidden"])
+    params = dict(model.named_parameters())
+    for name, groups in group_layout(list(params)).items():
+        p = params[name]
+        for dim, group in groups:
+            keep = vectors[group].to(p.device)
+            shape = [1] * p.ndim
+            shape[dim] = keep.numel()
+            p.masked_fill_(~keep.view(shape), 0.0)
+
+
+def slice_state_dict(state: dict[str, Tensor], masks: StructuredMasks) -> dict[str, Tensor]:
+    """Keep only the kept indices of every grouped dimension; other tensors as they are."""
+    vectors = masks.group_vectors()
+    index = {g: torch.nonzero(v).reshape(-1) for g, v in vectors.items()}
+    sliced = dict(state)
+    for name, groups in group_layout(list(state)).items():
+        tensor = state[name]
+        for dim, group in groups:
+            tensor = tensor.index_select(dim, index[group].to(tensor.device))
+        sliced[name] = tensor.contiguous()
+    return sliced
+
+
+@torch.no_grad()
+def slice_model(
+    model: nn.Module, masks: StructuredMasks
+) -> CompactBertModel | CompactBertForSequenceClassification:
+    """A physically smaller dense copy of `model` without the pruned groups.
+
+    Args:
+        model: unwrapped BertModel (-> CompactBertModel) or BertForSequenceClassification
+            (-> CompactBertForSequenceClassification) of the masks' full widths.
+        masks: what to keep; its widths become the compact config's per-layer sizes.
+
+    Returns:
+        The compact model (same dtype and device, same train/eval mode), whose outputs
+        equal the masked model's; the attention keeps the original 1/sqrt(head size).
+    """
+    full_head = model.config.hidden_size // model.config.num_attention_heads
+    config = masks.widths().to_config(model.config, scaling_head_size=full_head)
+    config._attn_implementation = model.config._attn_implementation
+    has_head = hasattr(model, "classifier")
+    compact = (CompactBertForSequenceClassification(config) if has_head
+               else CompactBertModel(config, add_pooling_layer=model.pooler is not None))
+    state = slice_state_dict(model.state_dict(), masks)
+    compact.load_state_dict(state, strict=True)
+    param = next(model.parameters())
+    return compact.to(device=param.device, dtype=param.dtype).train(model.training)

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+from pruning.accounting import count_params
+from pruning.compact import CompactBertForSequenceClassification, CompactBertModel, Widths, count_params_for
+from pruning.methods import METHOD_SPECS, PruningMethod, build_method
+from pruning.methods.base import task_loss
+from pruning.methods.homodistil import CompactFinetune, HomotopicDistiller
+
+VOCAB = 100  # as tests/pruning/conftest.py
+# No dropout: the distiller's runs must be reproducible step for step.
+CONFIG = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TOTAL_STEPS = 9  # widths shrink up to step 6 (2/3 of the run), then stay
+KEEP = 0.5
+
+
+def _encoders(seed: int = 0) -> tuple[BertModel, BertModel]:
+    torch.manual_seed(seed)
+    teacher = BertModel(CONFIG)
+    return copy.deepcopy(teacher), teacher
+
+
+def _batch(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    mask = torch.ones(4, 8, dtype=torch.long)
+    mask[0, 5:] = 0
+    return {"input_ids": torch.randint(0, VOCAB, (4, 8), generator=g), "attention_mask": mask,
+            "token_type_ids": torch.zeros(4, 8, dtype=torch.long)}
+
+
+def _distiller(student: BertModel, teacher: BertModel, **options: object) -> HomotopicDistiller:
+    return HomotopicDistiller(student, teacher=teacher, total_steps=TOTAL_STEPS,
+                              final_sparsity=1 - KEEP, update_every=2, **options)
+
+
+def _run(method: HomotopicDistiller, optimizer: torch.optim.Optimizer, steps: range) -> list[Widths]:
+    """The loop's order: start, loss, backward, step, on_step_end (gradients still there), zero_grad."""
+    widths = []
+    for step in steps:
+        method.on_step_start(step)
+        loss, _ = method.loss(method.module, _batch(step))
+        loss.backward()
+        optimizer.step()
+        method.on_step_end(step)
+        optimizer.zero_grad()
+        widths.append(method.masks.widths())
+    return widths
+
+
+def _optimizer(method: HomotopicDistiller) -> torch.optim.Optimizer:
+    params = [p for p in method.module.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+
+def test_student_starts_with_no_gap_to_its_teacher():
+    method = _distiller(*_encoders())
+    assert isinstance(method, PruningMethod)
+    loss, logs = method.loss(method.module, _batch(0))
+    assert torch.isfinite(loss)
+    assert logs["hidden_loss"] < 1e-10 and logs["attention_loss"] < 1e-6
+    assert logs["prediction_loss"] < 1e-6 and logs["kept_params"] == 1.0
+
+
+@pytest.mark.parametrize("unit, score", [("heads", "sensitivity"), ("inner", "platon"),
+                                         ("heads", "sensitivity_abs_sum")])
+def test_distiller_reaches_target_widths_and_exports_within_budget(unit, score):
+    student, teacher = _encoders()
+    full_params = count_params(student)
+    method = _distiller(student, teacher, attention_unit=unit, score=score)
+    widths = _run(method, _optimizer(method), range(TOTAL_STEPS))
+    end = method.schedule.end_step
+    assert widths[end] == method.target and widths[-1] == method.target
+    assert widths[0] == Widths.of_config(CONFIG) and widths[end - 1] != method.target
+    for earlier, later in zip(widths, widths[1:]):  # widths only ever shrink
+        assert later.hidden <= earlier.hidden and all(b <= a for a, b in zip(earlier.ffn, later.ffn))
+    compact = method.export()
+    assert isinstance(compact, CompactBertModel)
+    assert count_params(compact) == count_params_for(CONFIG, method.target)
+    assert count_params(compact) <= KEEP * full_params
+    assert method.target_sparsity() >= 1 - KEEP
+
+
+def test_exported_model_computes_what_the_masked_student_computes():
+    method = _distiller(*_encoders())
+    _run(method, _optimizer(method), range(TOTAL_STEPS))
+    compact = method.export().eval()
+    method.student.eval()
+    with torch.no_grad():
+        masked, sliced = method.student(**_batch(50)), compact(**_batch(50))
+    kept = method.masks.hidden
+    assert bool((masked.last_hidden_state[..., ~kept] == 0).all())
+    torch.testing.assert_close(sliced.last_hidden_state, masked.last_hidden_state[..., kept],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sliced.pooler_output, masked.pooler_output[..., kept], atol=1e-5, rtol=1e-5)
+
+
+def test_resuming_from_state_dict_continues_identically():
+    method = _distiller(*_encoders(), score="platon")
+    optimizer = _optimizer(method)
+    _run(method, optimizer, range(4))
+    saved = (copy.deepcopy(method.state_dict()), copy.deepcopy(method.student.state_dict()),
+             copy.deepcopy(optimizer.state_dict()))
+    assert all(isinstance(v, torch.Tensor) for v in saved[0].values())
+    _run(method, optimizer, range(4, TOTAL_STEPS))
+
+    student, teacher = _encoders()
+    student.load_state_dict(saved[1])
+    resumed = _distiller(student, teacher, score="platon")
+    resumed.load_state_dict(saved[0])
+    assert resumed.step == 3 and resumed.mask_checksum() != _distiller(*_encoders()).mask_checksum()
+    resumed_optimizer = _optimizer(resumed)
+    resumed_optimizer.load_state_dict(saved[2])
+    _run(resumed, resumed_optimizer, range(4, TOTAL_STEPS))
+    assert resumed.mask_checksum() == method.mask_checksum()
+    for (name, a), b in zip(method.module.named_parameters(), resumed.module.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_scores_need_the_gradients_before_zero_grad():
+    method = _distiller(*_encoders())
+    with pytest.raises(ValueError, match="zero_grad"):
+        method.on_step_end(0)
+
+
+def test_explicit_widths_and_infeasible_budgets():
+    method = _distiller(*_encoders(), widths={"hidden": 16, "heads": 1, "ffn": [8, 0]})
+    assert method.target == Widths(16, (1, 1), (16, 16), (8, 0))
+    with pytest.raises(ValueError, match="budget"):
+        _distiller(*_encoders(), shrink_hidden=False)
+
+
+def _task_models() -> tuple[CompactBertForSequenceClassification, BertForSequenceClassification]:
+    method = _distiller(*_encoders())
+    _run(method, _optimizer(method), range(TOTAL_STEPS))
+    config = method.export().config
+    config.num_labels = 2
+    torch.manual_seed(1)
+    student = CompactBertForSequenceClassification(config)
+    student.bert.load_state_dict(method.export().state_dict())
+    return student, BertForSequenceClassification(BertConfig(**CONFIG.to_dict() | {"num_labels": 2}))
+
+
+def test_compact_finetune_adds_logit_distillation_to_the_task_loss():
+    student, teacher = _task_models()
+    batch = _batch(0) | {"labels": torch.tensor([0, 1, 1, 0])}
+    plain = CompactFinetune(student, teacher=teacher, total_steps=5, kd_weight=0.0)
+    loss, logs = plain.loss(student, batch)
+    torch.testing.assert_close(loss, task_loss(student, batch))
+    assert "kd_loss" not in logs
+    method = build_method("homodistil", student, teacher=teacher, total_steps=5, final_sparsity=0.0,
+                          options={"kd_weight": 2.0})
+    assert isinstance(method, CompactFinetune) and method.target_sparsity() == 0.0
+    loss, logs = method.loss(student, batch)
+    loss.backward()
+    assert logs["kd_loss"] > 0
+    assert loss.item() == pytest.approx(logs["task_loss"] + 2 * logs["kd_loss"], rel=1e-5)
+    assert student.classifier.weight.grad is not None
+    assert METHOD_SPECS["homodistil"].starts_from == "distilled"
+    # The grid's budget reaches the task stage as a label only: the student is already cut to it.
+    budgeted = build_method("homodistil", student, teacher=teacher, total_steps=5, final_sparsity=0.5)
+    assert budgeted.budget == 0.5 and budgeted.target_sparsity() == 0.0

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+from pruning.accounting import count_params
+from pruning.compact import CompactBertForSequenceClassification, CompactBertModel, Widths, count_params_for
+from pruning.structured import StructuredMasks, select_masks, target_widths
+from pruning.surgery import MaskedLayerNorm, apply_structured_masks, slice_model
+
+ROOT = Path(__file__).resolve().parents[2]
+VOCAB = 100  # as tests/pruning/conftest.py
+CONFIG = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, num_labels=3)
+FULL = Widths.of_config(CONFIG)
+CASES = {  # (unit, widths): hidden pruned in all; a layer with no heads / no FFN / no inner dims
+    "heads": ("heads", Widths(20, (1, 0), (16, 16), (10, 64))),
+    "inner": ("inner", Widths(25, (2, 2), (5, 11), (0, 7))),
+    "inner_empty": ("inner", Widths(31, (2, 2), (0, 16), (64, 1))),
+    "hidden_only": ("heads", Widths(9, (2, 2), (16, 16), (64, 64))),
+}
+
+
+def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0  # padding, so the attention mask matters
+    return {"input_ids": torch.randint(0, VOCAB, (3, 7), generator=g), "attention_mask": mask,
+            "token_type_ids": torch.randint(0, 2, (3, 7), generator=g)}
+
+
+def _masked(case: str, seed: int = 0, model: torch.nn.Module | None = None):
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(CONFIG).eval() if model is None else model
+    unit, widths = CASES[case]
+    full = StructuredMasks.full(FULL, unit)
+    g = torch.Generator().manual_seed(seed)
+    scores = {k: torch.rand(v.numel(), generator=g) for k, v in full.group_vectors().items()}
+    if unit == "heads":
+        scores |= {f"attention.{i}": torch.rand(2, generator=g) for i in range(2)}
+    masks = select_masks(scores, widths, full)
+    apply_structured_masks(model, masks)
+    return model, masks
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masked_model_and_sliced_twin_agree(case, seed):
+    model, masks = _masked(case, seed)
+    compact = slice_model(model, masks)
+    assert isinstance(compact, CompactBertForSequenceClassification)
+    assert Widths.of_config(compact.config) == masks.widths() == CASES[case][1]
+    with torch.no_grad():
+        torch.testing.assert_close(compact(**_inputs()).logits, model(**_inputs()).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_headless_encoder_slices_to_compact_bert_model():
+    model, masks = _masked("inner", model=BertModel(CONFIG).eval())
+    compact = slice_model(model, masks)
+    assert isinstance(compact, CompactBertModel)
+    with torch.no_grad():
+        want, got = model(**_inputs()), compact(**_inputs())
+    kept = masks.hidden
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state[..., kept],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output[..., kept], atol=1e-5, rtol=1e-5)
+
+
+def test_pruned_hidden_dims_are_exactly_zero_along_the_residual_stream():
+    model, masks = _masked("heads")
+    with torch.no_grad():
+        out = model(**_inputs(), output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    for state in out.hidden_states:
+        assert state.shape[-1] == 32
+        assert bool((state[..., ~masks.hidden] == 0).all())
+        assert bool((state[..., masks.hidden] != 0).any())
+    layernorms = [m for m in model.modules() if isinstance(m, MaskedLayerNorm)]
+    assert len(layernorms) == 5  # embeddings + 2 per layer
+
+
+def test_masking_is_idempotent_and_keeps_parameters():
+    model, masks = _masked("inner")
+    params = {n: p for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    apply_structured_masks(model, masks)
+    assert all(p is params[n] for n, p in model.named_parameters())  # optimizers keep working
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert set(model.state_dict()) == set(BertForSequenceClassification(CONFIG).state_dict())
+
+
+def test_unpruned_masked_layernorm_is_the_plain_one():
+    plain = torch.nn.LayerNorm(8)
+    masked = MaskedLayerNorm(copy.deepcopy(plain))
+    x = torch.randn(2, 8)
+    masked.set_keep(torch.ones(8, dtype=torch.bool))
+    torch.testing.assert_close(masked(x), plain(x))
+
+
+def test_sliced_model_meets_the_parameter_budget():
+    widths = target_widths(CONFIG, 0.45, num_labels=3)
+    unit_masks = StructuredMasks.full(FULL, "heads")
+    masks = select_masks({k: torch.rand(v.numel() if k[:3] != "att" else 2)
+                          for k, v in unit_masks.group_vectors().items()}, widths, unit_masks)
+    model = BertForSequenceClassification(CONFIG)
+    apply_structured_masks(model, masks)
+    compact = slice_model(model, masks)
+    assert count_params(compact) == count_params_for(CONFIG, widths, num_labels=3)
+    assert count_params(compact) <= 0.45 * count_params(BertForSequenceClassification(CONFIG))
+
+
+def test_saved_compact_model_reloads_in_a_fresh_process(tmp_path):
+    model, masks = _masked("inner", seed=3)
+    compact = slice_model(model, masks)
+    compact.save_pretrained(tmp_path / "model")
+    with torch.no_grad():
+        expected = compact(**_inputs()).logits
+    save_file({**_inputs(), "expected": expected}, tmp_path / "io.safetensors")
+    script = (
+        "import sys, torch\n"
+        "from safetensors.torch import load_file\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        "import pruning.compact\n"
+        "io = load_file(sys.argv[2]); expected = io.pop('expected')\n"
+        "model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(model(**io).logits, expected, atol=1e-6, rtol=1e-6)\n"
+        "print(type(model).__name__)\n"
+    )
+    args = [sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "io.safetensors")]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("CompactBertForSequenceClassification")
