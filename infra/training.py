@@ -21,12 +21,11 @@ import ray.train  # ray: the Train API (report, checkpoints, context)
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from infra import data, models, tracking
-from pruning.methods import METHOD_SPECS, build_method
+from infra import checkpoints, corpus, data, models, tracking
+from pruning.methods import METHOD_SPECS, build_distiller, build_method
 
 
 class TrainingError(RuntimeError):
@@ -60,6 +59,8 @@ class JobArgs:
     log_every: int
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    stage: str = "task"  # "distil": a two-stage method's task-agnostic stage on a text corpus
+    student_dir: str | None = None  # the distilled student a "distilled" method starts from
     threads_per_worker: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -76,28 +77,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _save_checkpoint(folder: Path, student: nn.Module, method, optimizer, scheduler, step: int) -> None:
-    state = {k: v.contiguous() for k, v in student.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    extra = {f"method.{k}": v.contiguous() for k, v in method.state_dict().items()}
-    extra["rng.torch"] = torch.get_rng_state()
-    save_file(extra, str(folder / "state.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               folder / "optimizer.pt")
-    (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
-
-
-def _load_checkpoint(folder: Path, student: nn.Module, method, optimizer, scheduler) -> int:
-    student.load_state_dict(load_file(str(folder / "model.safetensors")))
-    extra = load_file(str(folder / "state.safetensors"))
-    method.load_state_dict({k[len("method."):]: v for k, v in extra.items() if k.startswith("method.")})
-    torch.set_rng_state(extra["rng.torch"])
-    opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    return json.loads((folder / "trainer_state.json").read_text())["step"]
-
-
 def recovery_path(out_dir: Path) -> Path:
     """Where run_job leaves a job's recovery curve: beside its model folder, not inside it."""
     return out_dir.with_name(out_dir.name + ".recovery.json")
@@ -112,11 +91,79 @@ def _save_recovery(folder: Path, method) -> None:
 
 def _student_source(args: JobArgs) -> tuple[str, str]:
     starts_from = METHOD_SPECS[args.method].starts_from
-    if starts_from == "teacher":
-        if args.teacher_dir is None:
-            raise TrainingError(f"method '{args.method}' starts from the teacher, but no teacher was given")
-        return args.teacher_dir, "pretrained"
+    if starts_from in ("teacher", "distilled"):
+        source = args.teacher_dir if starts_from == "teacher" else args.student_dir
+        if source is None:
+            raise TrainingError(f"method '{args.method}' starts from the {starts_from} model, "
+                                "but none was given")
+        return source, "pretrained"
     return args.pretrained, args.init
+
+
+def _build(args: JobArgs, world: int) -> tuple[object, object, int, str]:
+    """The train table, the method (with its student), batches per epoch, tokenizer source."""
+    if args.stage == "distil":  # task-agnostic: unlabelled corpus, bare encoders
+        table = corpus.read_corpus(args.data_path)
+        per_epoch = data.num_batches(table, args.batch_size, world_size=world, drop_last=True)
+        total = max(1, math.ceil(args.epochs * max(per_epoch, 1)))
+        student = models.load_encoder(args.pretrained, init=args.init, seed=args.seed)
+        teacher = models.load_encoder(args.pretrained, init=args.init, seed=args.seed)
+        method = build_distiller(args.method, student, teacher=teacher, total_steps=total,
+                                 final_sparsity=args.sparsity, options=args.options)
+        return table, method, per_epoch, args.pretrained
+    ref = data.load_ref(args.data_path)
+    table = data.read_split(ref, "train")
+    per_epoch = data.num_batches(table, args.batch_size, world_size=world, drop_last=True)
+    source, init = _student_source(args)
+    student = models.load_classifier(source, num_labels=ref.num_labels, init=init, seed=args.seed)
+    teacher = models.load_saved(args.teacher_dir) if METHOD_SPECS[args.method].needs_teacher else None
+    total = max(1, math.ceil(args.epochs * max(per_epoch, 1)))
+    method = build_method(args.method, student, teacher=teacher, total_steps=total,
+                          final_sparsity=args.sparsity, options=args.options)
+    return table, method, per_epoch, source
+
+
+def _mask_checksums(method, world: int) -> list[int]:
+    """Every rank's mask checksum (all-gathered), so a DDP divergence is caught, not trained on."""
+    checksum = getattr(method, "mask_checksum", None)
+    if checksum is None:
+        return []
+    mine = torch.tensor([checksum()], dtype=torch.int64)
+    if world == 1:
+        return [int(mine)]
+    gathered = [torch.zeros_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(gathered, mine)  # the process group Ray Train set up (gloo/nccl)
+    return [int(t) for t in gathered]
+
+
+@dataclass
+class _Loop:
+    """What `_report` needs from the loop, so checkpoints always hold all of it."""
+
+    args: JobArgs
+    rank: int
+    world: int
+    per_epoch: int
+    total_steps: int
+    module: nn.Module  # what the optimizer trains (the student, plus a method's projections)
+    method: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    tokenizer_source: str
+
+
+def _resume(loop: _Loop) -> int:
+    checkpoint = ray.train.get_checkpoint()  # ray: the last checkpoint after a restart
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        where = checkpoints.load(Path(folder), module=loop.module, method=loop.method,
+                                 optimizer=loop.optimizer, scheduler=loop.scheduler,
+                                 batches_per_epoch=loop.per_epoch, world_size=loop.world)
+    if loop.rank == 0:
+        print(f"[{loop.args.job_id}] resumed from step {where.step} (epoch {where.epoch}, "
+              f"batch {where.batch})", flush=True)
+    return where.step
 
 
 def train_loop(config: dict) -> None:
@@ -127,31 +174,23 @@ def train_loop(config: dict) -> None:
     context = ray.train.get_context()  # ray: rank and world size of this worker
     rank, world = context.get_world_rank(), context.get_world_size()
 
-    ref = data.load_ref(args.data_path)
-    train_table = data.read_split(ref, "train")
-    per_epoch = data.num_batches(train_table, args.batch_size, world_size=world, drop_last=True)
+    train_table, method, per_epoch, source = _build(args, world)
     if per_epoch == 0:
         raise TrainingError(f"job {args.job_id}: the train split has {train_table.num_rows} examples, "
                             f"fewer than one batch of {args.batch_size} x {world} workers")
     total_steps = max(1, math.ceil(args.epochs * per_epoch))
-
-    source, init = _student_source(args)
-    student = models.load_classifier(source, num_labels=ref.num_labels, init=init, seed=args.seed)
-    teacher = None
-    if METHOD_SPECS[args.method].needs_teacher:
-        teacher = models.load_saved(args.teacher_dir)
-    method = build_method(args.method, student, teacher=teacher, total_steps=total_steps,
-                          final_sparsity=args.sparsity, options=args.options)
-    model = ray.train.torch.prepare_model(student)  # ray: device placement + DDP when world > 1
-    optimizer = torch.optim.AdamW(_param_groups(student, args.weight_decay), lr=args.learning_rate)
+    student = method.student
+    # A method may train more than the student (HomoDistil's hidden-state projections):
+    # DDP wraps and the optimizer steps that whole module, so every rank keeps it in sync.
+    module = getattr(method, "module", student)
+    model = ray.train.torch.prepare_model(module)  # ray: device placement + DDP when world > 1
+    optimizer = torch.optim.AdamW(_param_groups(module, args.weight_decay), lr=args.learning_rate)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(args.warmup_fraction * total_steps), total_steps)
+    loop = _Loop(args, rank, world, per_epoch, total_steps, module, method, optimizer, scheduler,
+                 source)
 
-    step = 0
-    checkpoint = ray.train.get_checkpoint()  # ray: the last checkpoint after a restart
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            step = _load_checkpoint(Path(folder), student, method, optimizer, scheduler)
+    step = _resume(loop)
     logger = tracking.StepLogger(args.tracking_uri, args.mlflow_run_id) if rank == 0 else None
     device = next(student.parameters()).device
     pad_id = getattr(student.config, "pad_token_id", 0) or 0
@@ -176,11 +215,12 @@ def train_loop(config: dict) -> None:
                     f"job {args.job_id}: loss is {loss.item()} at step {step} (method {args.method}); "
                     "lower the learning rate or check the data")
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), args.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            # Gradients are still there: sensitivity scores (HomoDistil, PLATON) read them here.
             method.on_step_end(step)
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             if logger and (step % args.log_every == 0 or step == total_steps):
                 rate = (step - first_step) / (time.perf_counter() - started)
@@ -189,26 +229,31 @@ def train_loop(config: dict) -> None:
                       f"loss {loss.item():.4f} ({rate:.2f} steps/s)", flush=True)
             if step % args.checkpoint_every == 0 or step == total_steps:
                 reported_final = step == total_steps
-                _report(step, total_steps, loss.item(), rank, student, method, optimizer, scheduler,
-                        final=reported_final, tokenizer_source=source)
+                _report(loop, step, loss.item(), final=reported_final)
     if not reported_final:
         # Restored from a finished run (a rerun of the same job): hand back its final model.
-        _report(step, total_steps, float("nan"), rank, student, method, optimizer, scheduler,
-                final=True, tokenizer_source=source)
+        _report(loop, step, float("nan"), final=True)
 
 
-def _report(step, total_steps, loss, rank, student, method, optimizer, scheduler, *, final,
-            tokenizer_source) -> None:
-    metrics = {"step": step, "train_loss": loss, "total_steps": total_steps}
-    if rank != 0:
+def _report(loop: _Loop, step: int, loss: float, *, final: bool) -> None:
+    metrics = {"step": step, "train_loss": loss, "total_steps": loop.total_steps}
+    sums = _mask_checksums(loop.method, loop.world)
+    if len(set(sums)) > 1:  # every rank sees the same list, so every rank stops here
+        raise TrainingError(f"job {loop.args.job_id}: masks differ across ranks at step {step} "
+                            f"(checksums {sums}); the method's mask selection is not rank-consistent")
+    if loop.rank != 0:
         ray.train.report(metrics)  # ray: every rank reports; only rank 0 carries the checkpoint
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _save_checkpoint(folder, student, method, optimizer, scheduler, step)
+        where = checkpoints.position(step, loop.per_epoch, loop.world, sums)
+        checkpoints.save(folder, module=loop.module, method_state=loop.method.state_dict(),
+                         optimizer=loop.optimizer, scheduler=loop.scheduler, where=where)
         if final:
-            models.save_model(student, models.load_tokenizer(tokenizer_source), folder / "model")
-            _save_recovery(folder, method)  # recovery.json next to model/
+            export = getattr(loop.method, "export", None)  # a method that slices its student
+            final_model = export() if export is not None else loop.method.student
+            models.save_model(final_model, models.load_tokenizer(loop.tokenizer_source), folder / "model")
+            _save_recovery(folder, loop.method)  # recovery.json next to model/
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # ray: persist
 
 

@@ -10,9 +10,11 @@ from infra.data import DatasetRef
 from infra.grid import JobSpec
 from infra.jobs import EvalRecord, GridContext
 from infra.tracking import ModelRef
+from tasks import cache
 
 
-@task(name="evaluate", task_run_name="evaluate-{job.label}-{job.job_id}")
+@task(name="evaluate", task_run_name="evaluate-{job.label}-{job.job_id}", cache_key_fn=cache.evaluate_key,
+      **cache.CACHED)
 def evaluate(job: JobSpec, model: ModelRef, dataset: DatasetRef, ctx: GridContext,
              spec: EvalSpec) -> EvalRecord:
     """Evaluate one trained model on dev and test and log the metrics to its MLflow run."""

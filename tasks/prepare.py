@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prefect import task
 
-from infra import data, models
-from infra.preflight import split_spec, task_source
-from infra.config import ModelSpec, TaskSpec
+from infra import corpus, data, models
+from infra.config import DistilSpec, ModelSpec, TaskSpec
 from infra.jobs import GridContext
+from infra.preflight import split_spec, task_source
 
 
 @task(name="prepare-dataset", task_run_name="prepare-dataset-{spec.name}")
@@ -18,3 +18,13 @@ def prepare_dataset(spec: TaskSpec, model: ModelSpec, ctx: GridContext) -> data.
     tokenizer = models.load_tokenizer(ctx.pretrained)
     return data.prepare(task_source(spec), split_spec(spec), tokenizer, model.max_length,
                         Path(ctx.home) / "data", allow_hub=ctx.allow_hub)
+
+
+@task(name="prepare-corpus", task_run_name="prepare-corpus-{dataset.task}")
+def prepare_corpus(distil: DistilSpec, model: ModelSpec, dataset: data.DatasetRef,
+                   ctx: GridContext) -> corpus.CorpusRef:
+    """Unlabelled text for a task-agnostic stage: the task's training texts plus `distil.corpus`."""
+    own = corpus.task_texts(data.read_split(dataset, "train")) if distil.task_texts else []
+    texts = corpus.gather(distil.corpus, own, distil.max_texts)
+    return corpus.prepare_corpus(texts, models.load_tokenizer(ctx.pretrained), model.max_length,
+                                 Path(ctx.home) / "data", dataset.task)
