@@ -97,7 +97,7 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
             "role": _role(job), "code_version": code_version(), "data_hash": dataset.content_hash}
     # A run left RUNNING by a driver that died (killed, machine lost) is closed first: its
     # Ray checkpoints stay and this run resumes from them.
-    tracking.close_interrupted_runs(ctx.tracking_uri, ctx.experiment_id, job.job_id)
+    tracking.close_interrupted_runs(ctx.tracking_uri, ctx.experiment_id, "job_id", job.job_id)
     run_id = tracking.start_run(ctx.tracking_uri, ctx.experiment_id, job.label,
                                 parent_run_id=ctx.parent_run_id, tags=tags)
     resolved = job.resolved() | {"data_hash": dataset.content_hash, "code_version": code_version(),

@@ -145,14 +145,15 @@ def end_run(uri: str, run_id: str, ok: bool, error: str | None = None) -> None:
     mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
-def close_interrupted_runs(uri: str, experiment_id: str, job_id: str) -> list[str]:
-    """End as KILLED the runs of `job_id` still RUNNING (their driver died); returns their ids.
+def close_interrupted_runs(uri: str, experiment_id: str, tag: str, value: str) -> list[str]:
+    """End as KILLED the runs tagged `tag=value` still RUNNING (their driver died); their ids.
 
-    A job runs under one driver at a time (its Ray run folder is its own), so a RUNNING
-    run of the same job when it starts again was interrupted, never concurrent.
+    Called before a job (tag job_id) or a grid (tag config_hash) starts: a job runs under one
+    driver at a time (its Ray run folder is its own), so a RUNNING run of the same job or
+    grid at that point was interrupted, not concurrent.
     """
     mlflow = client(uri)
-    stale = mlflow.search_runs([experiment_id], f"tags.job_id = '{job_id}' and attributes.status = 'RUNNING'")
+    stale = mlflow.search_runs([experiment_id], f"tags.{tag} = '{value}' and attributes.status = 'RUNNING'")
     for run in stale:
         mlflow.set_tag(run.info.run_id, "error", "interrupted: its driver stopped; the job was run again")
         mlflow.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))

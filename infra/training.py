@@ -272,7 +272,11 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
             # Unique to the job's config and data: a rerun resumes its own checkpoints only.
             name=run_name,
             storage_path=str(storage_path),
-            failure_config=FailureConfig(max_failures=max_failures),
+            # Worker errors get `max_failures` restarts from the last checkpoint; failures to
+            # start the worker group get a few too, so a job that can never start ends with
+            # its cause instead of retrying forever (Ray's default).
+            failure_config=FailureConfig(max_failures=max_failures,
+                                         controller_failure_limit=max_failures + 2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )

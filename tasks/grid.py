@@ -6,6 +6,7 @@ from prefect import task
 
 from infra import preflight, tracking
 from infra.config import ExperimentConfig
+from infra.grid import job_hash
 from infra.jobs import GridContext
 from infra.provenance import code_version, library_versions
 from infra.settings import Settings
@@ -17,8 +18,11 @@ def open_grid(cfg: ExperimentConfig, config_path: str, tracking_uri: str) -> Gri
     settings = Settings.from_env()
     pretrained = preflight.check(cfg, tracking_uri, settings.allow_hub)
     experiment_id = tracking.ensure_experiment(tracking_uri, cfg.name)
+    config_hash = job_hash(cfg.model_dump(mode="json"))
+    tracking.close_interrupted_runs(tracking_uri, experiment_id, "config_hash", config_hash)
     parent = tracking.start_run(tracking_uri, experiment_id, f"grid-{cfg.name}",
-                                tags={"role": "grid", "code_version": code_version()})
+                                tags={"role": "grid", "code_version": code_version(),
+                                      "config_hash": config_hash})
     tracking.log_params(tracking_uri, parent, {"config_path": config_path, "code_version": code_version(),
                                                **{f"lib.{k}": v for k, v in library_versions().items()}})
     tracking.log_text(tracking_uri, parent, cfg.model_dump_json(indent=2), "experiment.json")

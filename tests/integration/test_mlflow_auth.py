@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ import pytest
 from infra import tracking
 from infra.mlflow_auth import basic_auth, ensure_user, write_config
 from infra.settings import OFFLINE_ENV
+from tests.integration.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
 ADMIN = ("admin", secrets.token_hex(12))
 PIPELINE = ("prunegrid", secrets.token_hex(12))
 CREATE_EXPERIMENT = "/api/2.0/mlflow/experiments/create"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -59,7 +53,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-auth")
     config = write_config(root / "basic_auth.ini", database_uri=f"sqlite:///{root / 'auth.db'}",
                           admin_username=ADMIN[0], admin_password=ADMIN[1])
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | OFFLINE_ENV | {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),

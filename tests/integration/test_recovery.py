@@ -1,0 +1,185 @@
+"""Failures on a real multi-node Ray cluster (several raylets on loopback, one machine).
+
+(a) a training worker killed mid-job resumes from its checkpoint and ends bit-identical
+to an uninterrupted run; (b) a node removed mid-job: the workers restart on the others
+and finish, with the same masks on every rank; (d) retries exhausted: one clear error
+naming the cause, the job's MLflow run FAILED with it, and no Ray actor left behind (the
+same error fails the job's Prefect task: test_bad_input's NaN run checks that road).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import ray
+from safetensors.torch import load_file
+
+from infra import checkpoints, data, jobs, models, tracking, training
+from infra.config import load_config
+from infra.grid import expand_grid
+from infra.jobs import GridContext
+from infra.tracking import ModelRef, client
+from infra.preflight import split_spec, task_source
+from infra.ray_cluster import ensure_bootstrap_file
+from infra.settings import OFFLINE_ENV
+from tests.integration.helpers import ROOT, TINY, free_port
+
+pytestmark = pytest.mark.integration
+TINY_BERT = str(ROOT / "tests/fixtures/tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (no CPUs, so no training lands there) and three 1-CPU worker nodes."""
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    env = dict(OFFLINE_ENV, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", RAY_TRAIN_ENABLE_PRINT_PATCH="0",
+               RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0")
+    os.environ.update(env)  # the Train controller runs with the driver's environment
+    ensure_bootstrap_file()  # the dashboard (the state API lists actors) must not probe cloud metadata
+    head = {"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port()}
+    nodes = Cluster(initialize_head=True, head_node_args=head)
+    for _ in range(3):
+        nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    ray.init(address=nodes.address, runtime_env={"env_vars": env})
+    try:
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> data.DatasetRef:
+    spec = load_config(TINY).tasks[0]
+    spec = spec.model_copy(update={"path": str(ROOT / spec.path)})
+    return data.prepare(task_source(spec), split_spec(spec), models.load_tokenizer(TINY_BERT), 32,
+                        tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    """A tiny classifier to prune (random weights: what is measured here is recovery, not accuracy)."""
+    model = models.load_classifier(TINY_BERT, num_labels=2, init="random", seed=0)
+    out = tmp_path_factory.mktemp("teacher") / "model"
+    return str(models.save_model(model, models.load_tokenizer(TINY_BERT), out))
+
+
+@pytest.fixture
+def args(dataset: data.DatasetRef, teacher: str) -> training.JobArgs:
+    # ~6 batches an epoch: 40 epochs are 240 steps, long enough to interrupt mid-job.
+    return training.JobArgs(
+        job_id="recovery", method="gmp", sparsity=0.5, seed=0, options={"update_every": 4},
+        data_path=dataset.path, pretrained=TINY_BERT, init="random", teacher_dir=teacher, epochs=40,
+        batch_size=16, learning_rate=1e-3, weight_decay=0.01, warmup_fraction=0.0, max_grad_norm=1.0,
+        checkpoint_every=20, log_every=1000)
+
+
+def _run(args, tmp: Path, name: str, *, workers: int = 1, max_failures: int = 2) -> Path:
+    return training.run_job(args, run_name=name, num_workers=workers, cpus_per_worker=1, use_gpu=False,
+                            max_failures=max_failures, storage_path=tmp / "ray", out_dir=tmp / name)
+
+
+def _first_checkpoint(run_dir: Path, timeout: float = 120) -> checkpoints.Position:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for folder in sorted(run_dir.glob("checkpoint_*")):
+            if (folder / "trainer_state.json").is_file():
+                return checkpoints.read_position(folder)
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint appeared in {run_dir}")
+
+
+def _checkpoint_count_reaches(root: Path, count: int, timeout: float = 120) -> None:
+    """Wait until runs under `root` have written `count` checkpoints (training, not starting up)."""
+    deadline = time.monotonic() + timeout
+    while len([f for f in root.rglob("checkpoint_*") if (f / "trainer_state.json").is_file()]) < count:
+        assert time.monotonic() < deadline, f"{root}: fewer than {count} checkpoints"
+        time.sleep(0.05)
+
+
+def _workers() -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+
+
+def _last_position(run_dir: Path) -> checkpoints.Position:
+    folders = [f for f in run_dir.glob("checkpoint_*") if (f / "trainer_state.json").is_file()]
+    return max((checkpoints.read_position(f) for f in folders), key=lambda p: p.step)
+
+
+def test_a_killed_worker_resumes_and_ends_bit_identical(cluster, args, tmp_path):
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(_run, args, tmp_path, "interrupted")
+        at = _first_checkpoint(tmp_path / "ray" / "interrupted")
+        (worker,) = _workers()
+        os.kill(worker.pid, signal.SIGKILL)  # the worker process, as the OOM killer would
+        # The uninterrupted twin runs meanwhile, on another node.
+        straight = _run(replace(args, job_id="straight"), tmp_path, "straight", max_failures=0)
+        interrupted = future.result(timeout=600)
+    assert at.step < _last_position(tmp_path / "ray" / "interrupted").step  # killed mid-job
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(interrupted / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(a[k].equal(b[k]) for k in a), [k for k in a if not a[k].equal(b[k])]
+
+
+def test_b_a_removed_node_moves_the_workers_and_masks_agree_across_ranks(cluster, args, tmp_path):
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(_run, args, tmp_path, "node-lost", workers=2)
+        _first_checkpoint(tmp_path / "ray" / "node-lost")
+        hosts = {w.node_id for w in _workers()}
+        lost = next(n for n in cluster.worker_nodes if n.node_id in hosts)
+        cluster.remove_node(lost, allow_graceful=False)
+        out = future.result(timeout=600)
+    assert (out / "model.safetensors").is_file()
+    end = _last_position(tmp_path / "ray" / "node-lost")
+    assert end.world_size == 2 and len(end.mask_checksums) == 2
+    assert len(set(end.mask_checksums)) == 1  # both DDP ranks pruned exactly the same weights
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert lost.node_id not in alive
+    cluster.add_node(num_cpus=1)  # leave the cluster as the other tests expect it
+    cluster.wait_for_nodes()
+
+
+def test_d_retries_exhausted_fail_cleanly_and_leave_nothing_running(cluster, dataset, teacher, tmp_path,
+                                                                     mlflow_server):
+    cfg = load_config(TINY)
+    job = expand_grid(cfg, cfg.tasks[0])[0]
+    job = replace(job, train=job.train.model_copy(update={"epochs": 400}),  # killed twice mid-run
+                  compute=job.compute.model_copy(update={"max_failures": 1}))
+    uri = mlflow_server.url
+    experiment = tracking.ensure_experiment(uri, "recovery-d")
+    ctx = GridContext("recovery-d", uri, experiment, tracking.start_run(uri, experiment, "grid"),
+                      str(tmp_path / "home"), TINY_BERT)
+    teacher_ref = ModelRef("teacher", "", "model", teacher)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(jobs.train, job, dataset, teacher_ref, ctx)
+        for attempt in range(2):  # kill a training worker, once per attempt Ray makes
+            _checkpoint_count_reaches(tmp_path / "home" / "ray_results", attempt + 1)
+            (worker,) = _workers()
+            os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(training.TrainingError) as error:
+            future.result(timeout=300)
+    message = str(error.value)
+    assert f"job {job.job_id}" in message and "died" in message, message
+    (run,) = client(uri).search_runs([experiment], f"tags.job_id = '{job.job_id}'")
+    assert run.info.status == "FAILED" and "died" in run.data.tags["error"]
+    time.sleep(2)  # the controller's placement group and actors go asynchronously
+    from ray.util.state import list_actors
+
+    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+             if a.class_name in ("RayTrainWorker", "TrainController")]
+    assert alive == []
