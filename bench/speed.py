@@ -87,9 +87,11 @@ def count_flops(model: nn.Module, batch: int, vocab: int) -> int:
     return counter.get_total_flops()
 
 
-def build(teacher: nn.Module, keep_fraction: float) -> tuple[nn.Module, nn.Module, Widths]:
+def build(teacher: nn.Module, keep_fraction: float, multiple_of: int
+          ) -> tuple[nn.Module, nn.Module, Widths]:
     """(masked copy of the teacher, sliced compact model, widths) for one parameter budget."""
-    widths = target_widths(teacher.config, keep_fraction, num_labels=teacher.config.num_labels)
+    widths = target_widths(teacher.config, keep_fraction, num_labels=teacher.config.num_labels,
+                           multiple_of=multiple_of)
     masks = magnitude_masks(teacher, widths)
     masked = copy.deepcopy(teacher)
     apply_structured_masks(masked, masks)
@@ -121,12 +123,12 @@ def batch_row(times: dict[str, list[float]], fraction: float, flops: dict[str, i
             "flop_ratio": flop_ratio, "efficiency": speedup / flop_ratio}
 
 
-def measure(repeats: int, log) -> dict:
+def measure(repeats: int, log, multiple_of: int) -> dict:
     teacher = models.load_classifier(models.resolve_model_dir(MODEL), num_labels=2).eval()
     vocab, full_params = teacher.config.vocab_size, count_params(teacher)
     named, budgets = {"teacher": teacher}, {}
     for fraction in KEEP_FRACTIONS:
-        masked, sliced, widths = build(teacher, fraction)
+        masked, sliced, widths = build(teacher, fraction, multiple_of)
         named[f"masked@{fraction}"], named[f"sliced@{fraction}"] = masked, sliced
         diff = max_logit_diff(masked, sliced, vocab)
         log(f"keep {fraction}: widths {widths}, sliced vs masked max |logit diff| {diff:.2e}")
@@ -177,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds per batch size")
+    parser.add_argument("--multiple-of", type=int, default=16,
+                        help="hidden/FFN widths rounded to this (HomoDistil's width_multiple)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/speed.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda text: print(text, flush=True)  # noqa: E731
     results = {"command": " ".join(["python -m bench.speed", *(argv or [])]),
                "machine": machine(args.threads), "seq_len": SEQ_LEN, "repeats": args.repeats,
-               "batch_sizes": list(BATCH_SIZES), "targets": TARGETS} | measure(args.repeats, log)
+               "batch_sizes": list(BATCH_SIZES), "targets": TARGETS,
+               "multiple_of": args.multiple_of} | measure(args.repeats, log, args.multiple_of)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True))

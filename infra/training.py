@@ -77,6 +77,11 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def timing_path(out_dir: Path) -> Path:
+    """Where run_job leaves the job's last reported metrics (steps, loop and checkpoint time)."""
+    return out_dir.with_name(out_dir.name + ".train.json")
+
+
 def recovery_path(out_dir: Path) -> Path:
     """Where run_job leaves a job's recovery curve: beside its model folder, not inside it."""
     return out_dir.with_name(out_dir.name + ".recovery.json")
@@ -150,6 +155,8 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     scheduler: object
     tokenizer_source: str
+    started: float = field(default_factory=time.perf_counter)
+    checkpoint_s: float = 0.0  # time spent writing and persisting checkpoints so far
 
 
 def _resume(loop: _Loop) -> int:
@@ -236,7 +243,10 @@ def train_loop(config: dict) -> None:
 
 
 def _report(loop: _Loop, step: int, loss: float, *, final: bool) -> None:
-    metrics = {"step": step, "train_loss": loss, "total_steps": loop.total_steps}
+    began = time.perf_counter()
+    # Checkpoint cost so far against the loop's time so far (bench/cluster.py reads these).
+    metrics = {"step": step, "train_loss": loss, "total_steps": loop.total_steps,
+               "checkpoint_s": loop.checkpoint_s, "loop_s": began - loop.started}
     sums = _mask_checksums(loop.method, loop.world)
     if len(set(sums)) > 1:  # every rank sees the same list, so every rank stops here
         raise TrainingError(f"job {loop.args.job_id}: masks differ across ranks at step {step} "
@@ -255,6 +265,7 @@ def _report(loop: _Loop, step: int, loss: float, *, final: bool) -> None:
             models.save_model(final_model, models.load_tokenizer(loop.tokenizer_source), folder / "model")
             _save_recovery(folder, loop.method)  # recovery.json next to model/
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # ray: persist
+    loop.checkpoint_s += time.perf_counter() - began
 
 
 # ---------------------------------------------------------------- driver side
@@ -287,6 +298,8 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
                             f"{_root_cause(error)}") from error
     if result.checkpoint is None:
         raise TrainingError(f"job {args.job_id} finished without a checkpoint")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    timing_path(out_dir).write_text(json.dumps(result.metrics or {}, indent=2))
     with result.checkpoint.as_directory() as folder:
         source = Path(folder) / "model"
         if not source.is_dir():

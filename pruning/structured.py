@@ -268,20 +268,32 @@ def select_masks(
 
 # ---------------------------------------------------------------- widths
 
-def _scaled(full: Widths, r: float, shrink_hidden: bool, unit: AttentionUnit) -> Widths:
-    """Every prunable width at about fraction r of `full` (hidden at least 1)."""
-    hidden = max(1, round(r * full.hidden)) if shrink_hidden else full.hidden
+def _step(full: int, multiple: int) -> int:
+    # Matmul kernels (CPU and GPU) run odd widths far slower than multiples of 8 or 16
+    # (bench/speed.py); tiny models (at most 4 multiples wide) keep exact widths.
+    return multiple if multiple > 1 and full > 4 * multiple else 1
+
+
+def _scaled(full: Widths, r: float, shrink_hidden: bool, unit: AttentionUnit,
+            multiple: int = 1) -> Widths:
+    """Every prunable width at about fraction r of `full` (hidden at least 1), hidden and
+    FFN widths rounded down to a multiple of `multiple` (see _step)."""
+    down = lambda x, f: max(_step(f, multiple), x - x % _step(f, multiple))  # noqa: E731
+    hidden = down(max(1, round(r * full.hidden)), full.hidden) if shrink_hidden else full.hidden
     heads = tuple(round(r * h) for h in full.heads) if unit == "heads" else full.heads
     size = full.head_size if unit == "heads" else tuple(round(r * s) for s in full.head_size)
-    return Widths(hidden, heads, size, tuple(round(r * f) for f in full.ffn))
+    return Widths(hidden, heads, size, tuple(down(round(r * f), f) for f in full.ffn))
 
 
 def target_widths(
     config: BertConfig, keep_fraction: float, *, shrink_hidden: bool = True,
     attention_unit: AttentionUnit = "heads", pooler: bool = True, num_labels: int = 0,
+    multiple_of: int = 1,
 ) -> Widths:
     """Uniform widths whose whole-model parameter count is at most, and as close as
     possible to, keep_fraction of the full model's (count_params_for's convention).
+    With `multiple_of` > 1, hidden and FFN widths of models over 4 multiples wide
+    are multiples of it (faster kernels, a budget met slightly less closely).
 
     All widths shrink by one common ratio (the largest that fits the budget, found by
     bisection; counts grow with it), then leftover budget goes to FFN neurons, the
@@ -295,7 +307,7 @@ def target_widths(
     full = Widths.of_config(config)
     count = lambda w: count_params_for(config, w, pooler=pooler, num_labels=num_labels)  # noqa: E731
     budget = int(keep_fraction * count(full))
-    at = lambda r: _scaled(full, r, shrink_hidden, attention_unit)  # noqa: E731
+    at = lambda r: _scaled(full, r, shrink_hidden, attention_unit, multiple_of)  # noqa: E731
     if count(at(0.0)) > budget:
         hint = "" if shrink_hidden else "; allow shrink_hidden (the embeddings alone exceed it)"
         raise ValueError(f"keep_fraction {keep_fraction} gives a budget of {budget} parameters, "
@@ -307,6 +319,7 @@ def target_widths(
     best = at(1.0) if count(at(1.0)) <= budget else at(lo)
     per_neuron = len(best.ffn) * (2 * best.hidden + 1)  # one FFN neuron in every layer
     extra = min(min(f - b for f, b in zip(full.ffn, best.ffn)), (budget - count(best)) // per_neuron)
+    extra -= extra % _step(full.ffn[0], multiple_of)
     return Widths(best.hidden, best.heads, best.head_size, tuple(f + extra for f in best.ffn))
 
 

@@ -119,6 +119,8 @@ class HomotopicDistiller:
     `prune_fraction_of_run` of the run. Targets: uniform widths whose whole-model
     parameter count is at most 1 - final_sparsity of the original (target_widths), or
     the explicit `widths` ({"hidden", "heads" | "head_size", "ffn"}: int or per layer).
+    Budget widths of real-size models are multiples of `width_multiple` (16: the
+    sliced matmuls run near the FLOP-ideal speed; odd widths lose a third, bench/speed.py).
     """
 
     name = "homodistil"
@@ -129,7 +131,7 @@ class HomotopicDistiller:
         ema_beta: float = 0.85, uncertainty_beta: float = 0.95, prediction_weight: float = 1.0,
         hidden_weight: float = 1.0, attention_weight: float = 1.0, temperature: float = 1.0,
         update_every: int = 4, prune_fraction_of_run: float = 2 / 3,
-        widths: Mapping[str, int | Sequence[int]] | None = None,
+        widths: Mapping[str, int | Sequence[int]] | None = None, width_multiple: int = 16,
     ) -> None:
         if score not in SCORES or attention_unit not in ATTENTION_UNITS:
             raise ValueError(f"score must be one of {SCORES} and attention_unit one of "
@@ -146,7 +148,8 @@ class HomotopicDistiller:
         self.full = Widths.of_config(s_cfg)
         self.target = (widths_from(s_cfg, widths, attention_unit=attention_unit) if widths is not None
                        else target_widths(s_cfg, 1.0 - final_sparsity, shrink_hidden=shrink_hidden,
-                                          attention_unit=attention_unit, pooler=self._has_pooler()))
+                                          attention_unit=attention_unit, pooler=self._has_pooler(),
+                                          multiple_of=width_multiple))
         self.schedule = CubicSchedule.over_run(total_steps, final_sparsity, update_every=update_every,
                                                end_fraction=prune_fraction_of_run)
         self.scores = GroupScores(ema_beta, uncertainty=score == "platon", beta2=uncertainty_beta)

@@ -189,3 +189,22 @@ def test_macs_shrink_with_the_widths():
     half = Widths(32, (1, 1), (16, 16), (32, 32))
     assert encoder_macs(FULL, 8) == 8 * 2 * (4 * 32 * 32 + 2 * 32 * 64 + 2 * 8 * 32)
     assert encoder_macs(half, 8) < encoder_macs(FULL, 8)
+
+
+def test_budget_widths_of_a_real_size_model_are_multiples_and_meet_the_budget():
+    # all-MiniLM-L6-v2's shape, built from a config (nothing downloaded).
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536)
+    full = count_params_for(config, Widths.of_config(config))
+    for keep in (0.5, 0.25, 0.15):
+        exact = target_widths(config, keep)
+        rounded = target_widths(config, keep, multiple_of=16)
+        assert rounded.hidden % 16 == 0 and all(f % 16 == 0 for f in rounded.ffn), rounded
+        assert count_params_for(config, rounded) <= keep * full
+        assert count_params_for(config, rounded) >= 0.95 * count_params_for(config, exact)
+
+
+def test_tiny_models_keep_exact_widths_whatever_the_multiple():
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)
+    assert target_widths(config, 0.4, multiple_of=16) == target_widths(config, 0.4)
