@@ -8,7 +8,7 @@ from pruning.methods.base import Batch, task_loss
 
 
 class Dense:
-    """Fine-tune every weight on the task loss; sparsity 0."""
+    """Fine-tune every weight on the task loss; sparsity 0. Subclasses change `loss`."""
 
     name = "dense"
 
@@ -30,7 +30,7 @@ class Dense:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if state:
-            raise ValueError(f"dense keeps no state, got keys {sorted(state)}")
+            raise ValueError(f"{self.name} keeps no state, got keys {sorted(state)}")
 
     def target_sparsity(self) -> float:
         return 0.0

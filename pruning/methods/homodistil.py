@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from pruning import losses
 from pruning.compact import ATTENTION_UNITS, AttentionUnit, CompactBertModel, Widths, count_params_for
 from pruning.methods.base import Batch, task_loss
+from pruning.methods.dense import Dense
 from pruning.methods.sparsebert import capture_attention_scores
 from pruning.schedules import CubicSchedule, cubic_sparsity
 from pruning.structured import (
@@ -268,7 +269,7 @@ def _capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
         hook.remove()
 
 
-class CompactFinetune:
+class CompactFinetune(Dense):
     """Stage b: fine-tune the compact student on the task, distilling the task teacher.
 
     `student`: CompactBertForSequenceClassification loaded from stage a's export;
@@ -295,9 +296,6 @@ class CompactFinetune:
         self.total_steps, self.kd_weight, self.temperature = total_steps, kd_weight, temperature
         self.budget = final_sparsity
 
-    def on_step_start(self, step: int) -> None:
-        pass
-
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Task loss plus logit distillation; model is the possibly DDP-wrapped student."""
         with _capture_output(self.student.classifier) as logits:  # one forward serves both terms
@@ -314,16 +312,3 @@ class CompactFinetune:
               else losses.kl_logits(student, teacher, self.temperature))
         logs["kd_loss"] = float(kd.detach())
         return task + self.kd_weight * kd, logs
-
-    def on_step_end(self, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {}  # nothing beyond the model and optimizer, which the loop saves
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        if state:
-            raise ValueError(f"homodistil fine-tuning keeps no state, got keys {sorted(state)}")
-
-    def target_sparsity(self) -> float:
-        return 0.0
