@@ -23,7 +23,9 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 CONFIG ?= configs/demo.yaml
-PYTEST_ARGS ?=
+# Two test processes (one test file each at a time): most of an integration test is waiting
+# on servers and Ray, so two overlap well on 2 cores; the slowest tests are listed at the end.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: venv demo test test-all ui up down status deploy clean
 

@@ -291,11 +291,18 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+    failure = None
     try:
         result = trainer.fit()
     except Exception as error:  # ray: WorkerGroupError / ControllerError when retries run out
-        raise TrainingError(f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: "
-                            f"{_root_cause(error)}") from error
+        failure = (f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: "
+                   f"{_root_cause(error)}")
+    if failure is not None:
+        # Raised outside the except block and without the Ray error chained: a traceback that
+        # reaches the trainer holds its controller's actor handle, and Ray keeps an actor
+        # alive while a handle exists (a failed job must leave nothing running).
+        del trainer
+        raise TrainingError(failure)
     if result.checkpoint is None:
         raise TrainingError(f"job {args.job_id} finished without a checkpoint")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
