@@ -12,7 +12,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -292,11 +294,19 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
         ),
     )
     failure = None
+    # fit() in the main thread installs a SIGINT handler whose closure holds the Ray Train
+    # controller's handle, and Ray keeps an actor alive while a handle exists: put the
+    # previous handler back so the controller exits with its job.
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         result = trainer.fit()
     except Exception as error:  # ray: WorkerGroupError / ControllerError when retries run out
         failure = (f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: "
                    f"{_root_cause(error)}")
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, sigint)
     if failure is not None:
         # Raised outside the except block and without the Ray error chained: a traceback that
         # reaches the trainer holds its controller's actor handle, and Ray keeps an actor

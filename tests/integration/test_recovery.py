@@ -9,6 +9,7 @@ same error fails the job's Prefect task: test_bad_input's NaN run checks that ro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -91,20 +92,31 @@ def _run(args, tmp: Path, name: str, *, workers: int = 1, max_failures: int = 2)
                             max_failures=max_failures, storage_path=tmp / "ray", out_dir=tmp / name)
 
 
+def _committed(root: Path) -> list[Path]:
+    """Checkpoint folders Ray Train has committed (listed in a run's snapshot): Ray copies a
+    reported checkpoint into storage file by file, so an uncommitted one may be half there."""
+    found = []
+    for snapshot in root.rglob("checkpoint_manager_snapshot.json"):
+        try:
+            state = json.loads(snapshot.read_text())
+        except ValueError:
+            continue  # being rewritten
+        found += [snapshot.parent / r["checkpoint_dir_name"] for r in state["checkpoint_results"]]
+    return found
+
+
 def _first_checkpoint(run_dir: Path, timeout: float = 120) -> checkpoints.Position:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for folder in sorted(run_dir.glob("checkpoint_*")):
-            if (folder / "trainer_state.json").is_file():
-                return checkpoints.read_position(folder)
+    while not _committed(run_dir):
+        assert time.monotonic() < deadline, f"no checkpoint committed in {run_dir}"
         time.sleep(0.05)
-    raise AssertionError(f"no checkpoint appeared in {run_dir}")
+    return checkpoints.read_position(_committed(run_dir)[0])
 
 
 def _checkpoint_count_reaches(root: Path, count: int, timeout: float = 120) -> None:
     """Wait until runs under `root` have written `count` checkpoints (training, not starting up)."""
     deadline = time.monotonic() + timeout
-    while len([f for f in root.rglob("checkpoint_*") if (f / "trainer_state.json").is_file()]) < count:
+    while len({p.name for p in root.rglob("checkpoint_2*")} & {p.name for p in _committed(root)}) < count:
         assert time.monotonic() < deadline, f"{root}: fewer than {count} checkpoints"
         time.sleep(0.05)
 
@@ -116,8 +128,7 @@ def _workers() -> list:
 
 
 def _last_position(run_dir: Path) -> checkpoints.Position:
-    folders = [f for f in run_dir.glob("checkpoint_*") if (f / "trainer_state.json").is_file()]
-    return max((checkpoints.read_position(f) for f in folders), key=lambda p: p.step)
+    return max((checkpoints.read_position(f) for f in _committed(run_dir)), key=lambda p: p.step)
 
 
 def test_a_killed_worker_resumes_and_ends_bit_identical(cluster, args, tmp_path):
@@ -183,7 +194,7 @@ def test_d_retries_exhausted_fail_cleanly_and_leave_nothing_running(cluster, dat
         return [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])
                 if a.class_name in ("RayTrainWorker", "TrainController")]
 
-    deadline = time.monotonic() + 60  # the controller exits after fit() returns, asynchronously
+    deadline = time.monotonic() + 60  # controllers exit after fit() returns, asynchronously
     while train_actors() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert train_actors() == []
+    assert train_actors() == []  # of this job, and of (a)'s and (b)'s
