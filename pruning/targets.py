@@ -40,3 +40,16 @@ def encoder_linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
             "pruning supports BERT / RoBERTa / XLM-R encoder layouts"
         )
     return weights
+
+
+def word_embedding_weight(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{qualified name: weight} of the model's word-embedding matrix [vocab, H].
+
+    Not pruned by default; methods that take `prune_embeddings` add it, so a
+    comparison at equal non-zero count can reach budgets below the embeddings' size.
+    """
+    weight = model.get_input_embeddings().weight
+    for name, param in model.named_parameters():
+        if param is weight:
+            return {name: param}
+    raise ValueError(f"{type(model).__name__}'s input embeddings are not among its parameters")

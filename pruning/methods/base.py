@@ -22,7 +22,7 @@ from pruning.analysis import RecoveryTracker
 from pruning.masks import (apply_masks, global_keep_masks, local_keep_masks, magnitude_scores,
                            masks_checksum)
 from pruning.schedules import CubicSchedule
-from pruning.targets import encoder_linear_weights
+from pruning.targets import encoder_linear_weights, word_embedding_weight
 
 # input_ids [B, T], attention_mask [B, T], token_type_ids [B, T] (may be absent), labels [B]
 Batch = dict[str, Tensor]
@@ -91,7 +91,7 @@ class MaskedMethod(abc.ABC):
 
     def __init__(
         self, student: nn.Module, *, schedule: CubicSchedule, allocation: Allocation = "local",
-        recovery_steps: int = 10,
+        recovery_steps: int = 10, prune_embeddings: bool = False,
     ) -> None:
         if allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
@@ -99,6 +99,8 @@ class MaskedMethod(abc.ABC):
         self.schedule = schedule
         self.allocation: Allocation = allocation
         self.params = encoder_linear_weights(student)
+        if prune_embeddings:  # the word-embedding matrix too, at the same schedule
+            self.params |= word_embedding_weight(student)
         self.masks: dict[str, Tensor] = {
             name: torch.ones_like(w, dtype=torch.bool) for name, w in self.params.items()
         }

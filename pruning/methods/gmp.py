@@ -17,7 +17,10 @@ class GradualMagnitude(MaskedMethod):
     recomputed from |w * mask| every `update_every` = 10 steps, then the mask
     stays fixed while the network recovers; each matrix is ranked on its own
     (`allocation` = "local"; "global" ranks all matrices against one threshold).
-    Only Q, K, V, attention output, FFN in and FFN out weights are pruned.
+    Only Q, K, V, attention output, FFN in and FFN out weights are pruned, unless
+    `prune_embeddings` (default False) adds the word-embedding matrix at the same
+    sparsity (for comparisons at equal non-zero count; encoder_sparsity still counts
+    the encoder's matrices only).
     `recovery_steps` = 10 is how many steps after each mask update the task loss is
     recorded for the recovery curve (pruning.analysis.RecoveryTracker; our default).
     """
@@ -35,6 +38,7 @@ class GradualMagnitude(MaskedMethod):
         update_every: int = 10,
         allocation: Allocation = "local",
         recovery_steps: int = 10,
+        prune_embeddings: bool = False,
     ) -> None:
         schedule = CubicSchedule.over_run(
             total_steps,
@@ -44,7 +48,7 @@ class GradualMagnitude(MaskedMethod):
             update_every=update_every,
         )
         super().__init__(student, schedule=schedule, allocation=allocation,
-                         recovery_steps=recovery_steps)
+                         recovery_steps=recovery_steps, prune_embeddings=prune_embeddings)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         loss = task_loss(model, batch)

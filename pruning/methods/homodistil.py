@@ -40,6 +40,9 @@ from pruning.surgery import apply_structured_masks, slice_model
 
 Score = Literal["sensitivity", "sensitivity_abs_sum", "platon"]
 SCORES: tuple[Score, ...] = ("sensitivity", "sensitivity_abs_sum", "platon")
+# How the student gets to its target widths (issue 4's baselines use the other two).
+DistilPath = Literal["homotopic", "prune_first", "from_scratch"]
+PATHS: tuple[DistilPath, ...] = ("homotopic", "prune_first", "from_scratch")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _NEG = -1e9  # finite stand-in for -inf at padded keys: no inf - inf in the KL
 
@@ -122,6 +125,14 @@ class HomotopicDistiller:
     the explicit `widths` ({"hidden", "heads" | "head_size", "ffn"}: int or per layer).
     Budget widths of real-size models are multiples of `width_multiple` (16: the
     sliced matmuls run near the FLOP-ideal speed; odd widths lose a third, bench/speed.py).
+
+    `path` is how the student reaches its target widths: "homotopic" (the method, as
+    above), or one of two baselines with the same losses, corpus and steps:
+    "prune_first" scores groups over the first `update_every` steps at full width,
+    prunes to the target widths at once, then distils the pruned student (prune, then
+    distil); "from_scratch" re-initialises the student (BERT's init) at the target
+    widths from step 0 and only distils it (a dense model of the same shape distilled
+    without the homotopic path, as TinyBERT's general distillation).
     """
 
     name = "homodistil"
@@ -133,10 +144,11 @@ class HomotopicDistiller:
         hidden_weight: float = 1.0, attention_weight: float = 1.0, temperature: float = 1.0,
         update_every: int = 4, prune_fraction_of_run: float = 2 / 3,
         widths: Mapping[str, int | Sequence[int]] | None = None, width_multiple: int = 16,
+        path: DistilPath = "homotopic",
     ) -> None:
-        if score not in SCORES or attention_unit not in ATTENTION_UNITS:
-            raise ValueError(f"score must be one of {SCORES} and attention_unit one of "
-                             f"{ATTENTION_UNITS}; got {score!r}, {attention_unit!r}")
+        if score not in SCORES or attention_unit not in ATTENTION_UNITS or path not in PATHS:
+            raise ValueError(f"score must be one of {SCORES}, attention_unit one of {ATTENTION_UNITS} "
+                             f"and path one of {PATHS}; got {score!r}, {attention_unit!r}, {path!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         s_cfg, t_cfg = student.config, teacher.config
@@ -159,6 +171,12 @@ class HomotopicDistiller:
         self.temperature = temperature
         self.masks = StructuredMasks.full(self.full, attention_unit)
         self.step = 0
+        self.path: DistilPath = path
+        # prune_first: one cut to the target after `update_every` steps of scores.
+        self.cut_step = min(update_every, total_steps) - 1
+        if path == "from_scratch":
+            reinitialise(student)
+            self.masks = select_masks(_leading(self.masks), self.target, self.masks)
         apply_structured_masks(student, self.masks)  # installs the masked LayerNorms
 
     def _has_pooler(self) -> bool:
@@ -216,10 +234,13 @@ class HomotopicDistiller:
     def on_step_end(self, step: int) -> None:
         """After optimizer.step() and before zero_grad(): score, maybe prune, re-mask."""
         self._follow_student()
-        self.scores.update(raw_group_scores(self.student, self.masks, abs_of_sum=self.abs_of_sum))
-        if self.schedule.is_update_step(step):
+        if self.path == "homotopic" or (self.path == "prune_first" and step <= self.cut_step):
+            self.scores.update(raw_group_scores(self.student, self.masks, abs_of_sum=self.abs_of_sum))
+        if self.path == "homotopic" and self.schedule.is_update_step(step):
             widths = scheduled_widths(self.full, self.target, self.progress(step))
             self.masks = select_masks(self.scores.scores(), widths, self.masks)
+        elif self.path == "prune_first" and step == self.cut_step:
+            self.masks = select_masks(self.scores.scores(), self.target, self.masks)
         apply_structured_masks(self.student, self.masks)
 
     def mask_checksum(self) -> int:
@@ -256,6 +277,30 @@ class HomotopicDistiller:
     def export(self) -> CompactBertModel:
         """The student sliced to its current masks: a dense, physically smaller CompactBertModel."""
         return slice_model(self.student, self.masks)
+
+
+def _leading(masks: StructuredMasks) -> dict[str, Tensor]:
+    """Scores that rank every group's lower indices first (any choice is alike at random init)."""
+    first = lambda v: -torch.arange(v.numel(), dtype=torch.float32)  # noqa: E731
+    scores = {"hidden": first(masks.hidden)} | {f"ffn.{i}": first(v) for i, v in enumerate(masks.ffn)}
+    return scores | {f"attention.{i}": first(v) for i, v in enumerate(masks.heads or masks.attention)}
+
+
+def reinitialise(model: nn.Module) -> None:
+    """BERT's initialisation, in place, from torch's global RNG: normal(0, initializer_range)
+    for Linear and Embedding weights, zero biases and padding rows, LayerNorm 1 and 0."""
+    std = model.config.initializer_range
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+            if isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
 
 
 @contextmanager

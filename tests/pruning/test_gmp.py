@@ -124,3 +124,17 @@ def test_load_state_dict_rejects_a_foreign_state(tiny_bert):
 def test_bad_allocation_raises(tiny_bert):
     with pytest.raises(ValueError, match="allocation"):
         _gmp(tiny_bert(), allocation="per-head")
+
+
+def test_prune_embeddings_prunes_the_word_embeddings_to_the_same_exact_sparsity(tiny_bert, make_batch):
+    model = tiny_bert()
+    embedding = model.bert.embeddings.word_embeddings.weight
+    _train(_gmp(model, prune_embeddings=True), "adamw", make_batch, TOTAL_STEPS)
+    assert int((embedding == 0).sum()) == round(TARGET * embedding.numel())
+    # encoder_sparsity still counts only the encoder's matrices, which reach the target as before
+    assert encoder_sparsity(model) == pytest.approx(TARGET, abs=1e-3)
+    untouched = tiny_bert()
+    zeros = lambda m: int((m.bert.embeddings.word_embeddings.weight == 0).sum())  # noqa: E731
+    before = zeros(untouched)  # the padding row
+    _train(_gmp(untouched), "adamw", make_batch, TOTAL_STEPS)
+    assert zeros(untouched) == before

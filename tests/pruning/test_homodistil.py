@@ -165,3 +165,33 @@ def test_compact_finetune_adds_logit_distillation_to_the_task_loss():
     # The grid's budget reaches the task stage as a label only: the student is already cut to it.
     budgeted = build_method("homodistil", student, teacher=teacher, total_steps=5, final_sparsity=0.5)
     assert budgeted.budget == 0.5 and budgeted.target_sparsity() == 0.0
+
+
+def test_prune_first_cuts_to_the_target_at_once_then_only_distils():
+    student, teacher = _encoders()
+    method = _distiller(student, teacher, path="prune_first")
+    widths = _run(method, _optimizer(method), range(TOTAL_STEPS))
+    full = Widths.of_config(CONFIG)
+    # update_every=2: two steps of scores at full width, then one cut to the target
+    assert widths[0] == full and widths[1] == method.target and widths[-1] == method.target
+    homotopic = _distiller(*_encoders())
+    assert _run(homotopic, _optimizer(homotopic), range(2))[1] != homotopic.target
+    assert method.export().config.hidden_size == method.target.hidden
+
+
+def test_from_scratch_is_a_random_model_of_the_target_shape_distilled():
+    student, teacher = _encoders()
+    method = _distiller(student, teacher, path="from_scratch")
+    assert method.masks.widths() == method.target  # the target shape from step 0
+    assert not torch.equal(student.encoder.layer[0].intermediate.dense.weight,
+                           teacher.encoder.layer[0].intermediate.dense.weight)
+    _, logs = method.loss(method.module, _batch(0))
+    assert logs["hidden_loss"] > 1e-3  # no free start at the teacher, unlike the homotopic path
+    widths = _run(method, _optimizer(method), range(TOTAL_STEPS))
+    assert set(widths) == {method.target}
+    assert count_params(method.export()) == count_params_for(CONFIG, method.target)
+
+
+def test_unknown_path_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="prune_first"):
+        _distiller(*_encoders(), path="oneshot")

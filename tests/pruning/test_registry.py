@@ -41,7 +41,8 @@ def test_options_reach_the_constructor(tiny_bert):
     assert isinstance(method, GradualMagnitude)
     assert method.schedule.update_every == 5 and method.schedule.end_step == 50
     assert method.allocation == "global"
-    expected = {"start_fraction", "end_fraction", "update_every", "allocation", "recovery_steps"}
+    expected = {"start_fraction", "end_fraction", "update_every", "allocation", "recovery_steps",
+                "prune_embeddings"}
     assert set(method_options("gmp")) == expected
 
 
