@@ -86,8 +86,8 @@ def one_step(method, model: nn.Module, optimizer, scheduler, batch, step: int, m
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
+    method.on_step_end(step)  # before zero_grad, as the loop: scores may read the gradients
     optimizer.zero_grad(set_to_none=True)
-    method.on_step_end(step)
     return loss, logs
 
 
@@ -95,25 +95,37 @@ def train(setup: Setup, name: str, student: nn.Module, spec: TrainSpec, *, spars
           teacher: nn.Module | None = None, constant_lr: bool = False, options: dict | None = None):
     """Train `student` with method `name`; returns the method (its masks and recovery curve)."""
     table = data.read_split(setup.ref, "train")
-    per_epoch = data.num_batches(table, spec.batch_size, drop_last=True)
-    total = max(1, math.ceil(spec.epochs * per_epoch))
+    total = total_steps(table, spec)
     method = build_method(name, student, teacher=teacher, total_steps=total, final_sparsity=sparsity,
                           options=options or {})
-    optimizer = torch.optim.AdamW(training._param_groups(student, spec.weight_decay), lr=spec.learning_rate)
+    fit(method, student, table, spec, seed=seed, constant_lr=constant_lr)
+    return method
+
+
+def total_steps(table, spec: TrainSpec) -> int:
+    """Optimizer steps of `spec.epochs` over `table` (as infra.training counts them)."""
+    return max(1, math.ceil(spec.epochs * data.num_batches(table, spec.batch_size, drop_last=True)))
+
+
+def fit(method, student: nn.Module, table, spec: TrainSpec, *, seed: int, constant_lr: bool = False) -> None:
+    """The loop of infra.training minus Ray: `method.module` (else the student) is trained."""
+    module = getattr(method, "module", student)
+    per_epoch = data.num_batches(table, spec.batch_size, drop_last=True)
+    total = total_steps(table, spec)
+    optimizer = torch.optim.AdamW(training._param_groups(module, spec.weight_decay), lr=spec.learning_rate)
     scheduler = (get_constant_schedule(optimizer) if constant_lr else
                  get_linear_schedule_with_warmup(optimizer, int(spec.warmup_fraction * total), total))
     pad = getattr(student.config, "pad_token_id", 0) or 0
     torch.manual_seed(seed)  # dropout
-    student.train()
+    module.train()
     step = 0
     while step < total:
         for batch in data.batches(table, spec.batch_size, shuffle=True, seed=seed, epoch=step // per_epoch,
                                   pad_token_id=pad, drop_last=True):
             if step >= total:
                 break
-            one_step(method, student, optimizer, scheduler, batch, step, spec.max_grad_norm)
+            one_step(method, module, optimizer, scheduler, batch, step, spec.max_grad_norm)
             step += 1
-    return method
 
 
 def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> dict[str, float]:
