@@ -45,7 +45,8 @@ class SelfDistilled(MaskedMethod):
         keep training. The loaded teacher is then not used.
       self_loss = "cross_correlation"; the paper's ablation: "kl_logits" (KL with
         `temperature`, default 1.0, ours), "mse_logits" (both on the logits, whatever
-        the representation), "cosine" (1 - cos on the representation).
+        the representation), "cosine" (1 - cos on the representation). For regression
+        (one output) "kl_logits" is MSE of the logits: a softmax over one value is 1.
       Schedule as GMP: cubic from 0 at `start_fraction` = 0 to the target at
         `end_fraction` = 2/3 of the run, masks from |w * mask| every `update_every`
         = 10 steps, then fixed-mask recovery; `allocation` = "local" per matrix
@@ -175,9 +176,9 @@ class SelfDistilled(MaskedMethod):
     def distill_loss(self, student_out, student_reps: list[Tensor], teacher_out,
                      teacher_reps: list[Tensor]) -> Tensor:
         """The self-distillation term (before beta) for the configured `self_loss`."""
-        if self.self_loss == "kl_logits":
+        if self.self_loss == "kl_logits" and student_out.logits.shape[-1] > 1:
             return losses.kl_logits(student_out.logits, teacher_out.logits, self.temperature)
-        if self.self_loss == "mse_logits":
+        if self.self_loss in ("mse_logits", "kl_logits"):
             return losses.mse_logits(student_out.logits, teacher_out.logits)
         pairs = list(zip(student_reps, teacher_reps))
         if self.self_loss == "cosine":

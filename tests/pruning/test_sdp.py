@@ -186,3 +186,21 @@ def test_recovery_is_recorded_around_mask_updates(tiny_bert, make_batch):
     records = method.recovery.records
     assert [r["step"] for r in records] == [2, 4, 6, 8]  # step 0 prunes nothing
     assert all(len(r["after"]) == 2 for r in records)
+
+
+def test_kl_self_loss_on_a_regression_head_still_pulls_the_logits_together(tiny_bert, make_batch):
+    def regression() -> torch.nn.Module:
+        model = tiny_bert()
+        model.config.num_labels = 1
+        model.classifier = torch.nn.Linear(model.config.hidden_size, 1)
+        return model
+
+    method = _sdp(regression, self_loss="kl_logits")
+    with torch.no_grad():  # the teacher's head now differs: a softmax over one logit would hide it
+        method.teacher.classifier.bias.add_(3.0)
+    batch = make_batch(torch.Generator().manual_seed(0), size=8, length=6)
+    batch["labels"] = batch["labels"].float()
+    student_out = method.student.eval()(**{k: v for k, v in batch.items() if k != "labels"})
+    teacher_out = method.teacher(**{k: v for k, v in batch.items() if k != "labels"})
+    distil = method.distill_loss(student_out, [], teacher_out, [])
+    assert float(distil) == pytest.approx(9.0, rel=0.05)
