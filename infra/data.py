@@ -2,7 +2,8 @@
 prepare / load_ref / read_split / batches.
 
 The code lives in three modules along the data's own seams: sources.py (load a task's rows
-from a packaged CSV, a file or a benchmark, and validate them), splits.py (train/dev/test and
+from a packaged CSV, a file or a benchmark, and validate them; glue_original.py reads GLUE's
+original download for it), splits.py (train/dev/test and
 a benchmark's evaluation sets), prepared.py (tokenised parquet named by its content hash,
 read back and batched).
 """

@@ -1,8 +1,8 @@
 """Raw task data: load a task's rows from its source, validate them, split them.
 
 Sources are a packaged CSV, a user's file, or a benchmark (GLUE / XGLUE) read from a local
-copy in the hub's layout or, when allowed, through `datasets`. Everything here works on
-pandas frames; prepared.py turns them into tokenised parquet.
+copy in the hub's layout or GLUE's original one (glue_original.py) or, when allowed, through
+`datasets`. Everything here works on pandas frames; prepared.py turns them into tokenised parquet.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from infra import glue_original
 from infra.benchmarks import HUB_IDS, BenchmarkTask
 
 _READERS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl"}
@@ -115,6 +116,12 @@ def _glue_file(root: Path, names: tuple[str, ...]) -> list[Path]:
 def _load_local(source: TaskSource, root: Path) -> pd.DataFrame:
     if not root.is_dir():
         raise DataError(f"task {source.name!r}: {source.kind} dir {root} not found; check the task's `path`")
+    original = glue_original.task_dir(root, source.task) if source.task else None
+    if original is not None:  # download_glue_data.py's glue_data/<Task>/{train,dev}.tsv
+        try:
+            return glue_original.read_task(original, source.task, tuple(file_splits(source)))
+        except glue_original.GlueFileError as exc:
+            raise DataError(f"task {source.name!r}: {exc}") from None
     for folder in (source.task.hub_config if source.task else None, source.subset):
         if folder and (root / folder).is_dir():
             root = root / folder  # the hub's layout keeps one folder per config
@@ -124,7 +131,8 @@ def _load_local(source: TaskSource, root: Path) -> pd.DataFrame:
         files = _glue_file(root, names)
         if not files:
             raise DataError(f"task {source.name!r}: no {'/'.join(names)} file (.csv, .tsv, .parquet or "
-                            f".jsonl) in {root}; found {sorted(p.name for p in root.iterdir())}")
+                            f".jsonl) in {root}; found {sorted(p.name for p in root.iterdir())}"
+                            + glue_original.hint(root, source.task))
         parts += [_read_file(f).assign(glue_split=split) for f in files]
     return pd.concat(parts, ignore_index=True)
 
@@ -151,7 +159,7 @@ def _load_benchmark(source: TaskSource, allow_hub: bool) -> pd.DataFrame:
     elif not allow_hub:
         raise DataError(f"task {source.name!r}: {source.kind} {source.subset} has no local `path` and the "
                         "hub is not allowed; set `path` to a dir with train/validation files in the hub's "
-                        "layout, or set PRUNEGRID_ALLOW_HUB=1")
+                        "layout (or GLUE's glue_data), or set PRUNEGRID_ALLOW_HUB=1")
     else:
         frame = _load_hub(source)
     if source.task is not None and len(source.task.text_columns) == 3:
