@@ -111,7 +111,7 @@ def _run_task(cfg, task_spec, ctx, failed: list[str]) -> pd.DataFrame:
     teacher_record = run.evaluate(t_job, teacher, dataset, ctx, cfg.evaluation)
     records = [run.evaluate(job, ref, dataset, ctx, cfg.evaluation) for job, ref in trained]
     promotion = register_and_promote(task_spec.name, records, teacher_record, ctx, cfg.registry,
-                                     cfg.grid.sparsities)
+                                     cfg.grid.sparsities, task_spec.gate_metric(cfg.registry.gate))
     return report.results_frame(task_spec.name, [teacher_record, *records],
                                 dict(promotion.aliases), dict(promotion.versions))
 

@@ -92,6 +92,15 @@ class TaskSpec(Frozen):
             return None  # an unlisted GLUE config still loads with the columns spelled out here
         return benchmarks.with_languages(task, self.languages)
 
+    def gate_metric(self, gate: "GateSpec") -> str:
+        """The dev metric promotion compares for this task: dev_<metric>, or dev_avg_<metric>
+        for a cross-lingual task when the gate reads the language average."""
+        task = self.benchmark_task()
+        cross_lingual = bool(task and task.languages)
+        if cross_lingual and gate.languages == "average" and not gate.metric.startswith("avg_"):
+            return f"dev_avg_{gate.metric}"
+        return f"dev_{gate.metric}"
+
     def metric_names(self) -> tuple[str, ...]:
         """The dev_* metrics evaluation will log for this task (promotion can gate on any)."""
         task = self.benchmark_task()
@@ -191,6 +200,9 @@ class GateSpec(Frozen):
 
     metric: str = "accuracy"
     max_drop: Annotated[float, Field(ge=0.0)] = 0.01  # absolute, in metric units (0.01 = 1 point)
+    # Cross-lingual tasks: a metric named without `avg_` is read on the mean over the
+    # task's languages ("average") or on the English dev set the model was trained on ("source").
+    languages: Literal["average", "source"] = "average"
 
 
 class RegistrySpec(Frozen):

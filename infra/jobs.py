@@ -144,10 +144,10 @@ class Promotion:
 
 
 def register_and_promote(task: str, records: list[EvalRecord], teacher: EvalRecord, ctx: GridContext,
-                         spec: RegistrySpec, budgets: tuple[float, ...]) -> Promotion:
-    """Register every model of a task; move the aliases to the models that earned them."""
+                         spec: RegistrySpec, budgets: tuple[float, ...], metric: str) -> Promotion:
+    """Register every model of a task; move the aliases to the models that earned them.
+    `metric`: the dev metric the gate compares (TaskSpec.gate_metric)."""
     name = spec.model_name.format(task=task, experiment=ctx.experiment)
-    metric = f"dev_{spec.gate.metric}"
     teacher_metric = teacher.metric(metric)
     candidates, versions = [], []
     for record in [teacher, *records]:
@@ -157,7 +157,7 @@ def register_and_promote(task: str, records: list[EvalRecord], teacher: EvalReco
         passed = registry.passes_gate(candidate, teacher_metric, spec.gate.max_drop)
         tags = {"method": record.method, "label": record.label, "task": task,
                 "experiment": ctx.experiment, "target_sparsity": f"{record.target_sparsity:.4f}",
-                "passed_gate": str(passed).lower(),
+                "passed_gate": str(passed).lower(), "gate_metric": metric,
                 **{k: f"{v:.6g}" for k, v in m.items()}}
         version = registry.register(ctx.tracking_uri, name, record.model, tags)
         versions.append((record.job_id, version))

@@ -13,6 +13,6 @@ from infra.jobs import EvalRecord, GridContext, Promotion
       retries=2, retry_delay_seconds=5)  # registry calls cross the network
 def register_and_promote(task_name: str, records: list[EvalRecord], teacher: EvalRecord,
                          ctx: GridContext, spec: RegistrySpec,
-                         budgets: tuple[float, ...]) -> Promotion:
+                         budgets: tuple[float, ...], metric: str) -> Promotion:
     """Register the teacher and every pruned model; set `champion` and per-budget aliases."""
-    return jobs.register_and_promote(task_name, records, teacher, ctx, spec, budgets)
+    return jobs.register_and_promote(task_name, records, teacher, ctx, spec, budgets, metric)

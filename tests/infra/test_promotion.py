@@ -37,3 +37,14 @@ def test_best_metric_wins_within_a_budget_and_choice_is_deterministic() -> None:
     first = choose(models, 0.80, 0.01)
     assert first[CHAMPION].version == "3"
     assert choose(list(reversed(models)), 0.80, 0.01) == first
+
+
+def test_cross_lingual_tasks_are_gated_on_the_language_average_unless_told_otherwise() -> None:
+    from infra.config import GateSpec, TaskSpec
+
+    pawsx = TaskSpec(name="p", source="xglue", subset="pawsx", languages=("de",))
+    english = TaskSpec(name="r", source="file", path="reviews.csv")
+    assert pawsx.gate_metric(GateSpec()) == "dev_avg_accuracy"
+    assert pawsx.gate_metric(GateSpec(languages="source")) == "dev_accuracy"
+    assert pawsx.gate_metric(GateSpec(metric="avg_score")) == "dev_avg_score"
+    assert english.gate_metric(GateSpec()) == "dev_accuracy"

@@ -1,4 +1,6 @@
-"""The README's path: a Prefect server and worker, `prefect deploy`, `prefect deployment run`."""
+"""The README's path: a Prefect server and worker, `prefect deploy`, `prefect deployment run`,
+here on a cross-lingual XGLUE task (the PAWS-X fixture: train on English, evaluate on English
+and German), so the benchmark path runs end to end too."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def test_deployment_run_completes_and_fills_the_registry(mlflow_server, prefect_
     data["name"] = "tiny-deployed"
     data["registry"]["model_name"] = "deployed-{task}"
     data["grid"]["sparsities"] = [0.5]  # the path is under test here, not the grid
+    data["tasks"] = [{"name": "pawsx", "source": "xglue", "subset": "pawsx", "languages": ["de"],
+                      "path": str(ROOT / "tests/fixtures/xglue")}]
     config = tmp_path / "tiny-deployed.yaml"
     config.write_text(yaml.safe_dump(data))
     prefect_worker()  # creates the process work pool and polls it
@@ -44,6 +48,15 @@ def test_deployment_run_completes_and_fills_the_registry(mlflow_server, prefect_
     assert run.returncode == 0 and "Completed" in out, out[-4000:]
 
     mlflow = client(mlflow_server.url)
-    versions = mlflow.search_model_versions("name = 'deployed-tiny_reviews'")
+    versions = mlflow.search_model_versions("name = 'deployed-pawsx'")
     assert len(versions) == 2  # the teacher and the pruned model
-    assert "champion" in mlflow.get_registered_model("deployed-tiny_reviews").aliases
+    champion = mlflow.get_model_version_by_alias("deployed-pawsx", "champion")
+    # Zero-shot German next to English, and the gate read on their mean (the default).
+    for version in versions:
+        tags = version.tags
+        for key in ("dev_accuracy", "dev_de_accuracy", "test_de_accuracy", "dev_avg_accuracy"):
+            assert key in tags, (key, sorted(tags))
+        mean = (float(tags["dev_accuracy"]) + float(tags["dev_de_accuracy"])) / 2
+        assert float(tags["dev_avg_accuracy"]) == pytest.approx(mean, abs=1e-5)
+        assert tags["gate_metric"] == "dev_avg_accuracy"
+    assert champion.tags["passed_gate"] == "true"
