@@ -58,6 +58,9 @@ class TaskSpec(Frozen):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     source: Literal["packaged", "file", "glue", "xglue"] = "packaged"
+    # file: a .csv/.tsv/.jsonl/.parquet file. glue/xglue: a local copy, in the hub's layout
+    # (<subset>/train.*, validation.*) or, for GLUE, the original download (glue_data/ or
+    # glue_data/<Task>/ with train.tsv, dev.tsv); unset: the hub, with PRUNEGRID_ALLOW_HUB=1.
     path: str | None = None
     subset: str | None = None
     text_column: str = "text"
