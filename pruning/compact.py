@@ -7,6 +7,10 @@ the result has `layer_num_heads[i]` heads of `layer_head_size[i]` and
 `hidden_size`. The modules are transformers' own BERT modules with resized
 nn.Linear layers, so parameter names match BertModel's and weights load as usual.
 
+RoBERTa and XLM-R encoders have the same layers; config `layout` "roberta" gives
+the compact model their embeddings (position ids from the input ids) and their
+classification head, so a model sliced from one computes what it computed.
+
 Loading a saved compact model needs its classes registered with the Auto classes
 first, which importing this module does:
 
@@ -34,6 +38,7 @@ from transformers import (
     BertForSequenceClassification,
     BertModel,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
     BertEncoder,
@@ -42,6 +47,10 @@ from transformers.models.bert.modeling_bert import (
     BertPreTrainedModel,
     BertSelfAttention,
 )
+from transformers.models.roberta.modeling_roberta import RobertaClassificationHead
+from transformers.utils import can_return_tuple
+
+from pruning.layouts import LAYOUTS, CompactRobertaEmbeddings, layout_of
 
 
 AttentionUnit = Literal["heads", "inner"]
@@ -75,12 +84,12 @@ class Widths:
         """A CompactBertConfig of these widths, every other field from `config`."""
         fields = config.to_dict()
         for key in ("model_type", "architectures", "transformers_version", "layer_num_heads",
-                    "layer_head_size", "layer_intermediate_size", "scaling_head_size"):
+                    "layer_head_size", "layer_intermediate_size", "scaling_head_size", "layout"):
             fields.pop(key, None)
         return CompactBertConfig(**fields | {
             "hidden_size": self.hidden, "layer_num_heads": list(self.heads),
             "layer_head_size": list(self.head_size), "layer_intermediate_size": list(self.ffn),
-            "scaling_head_size": scaling_head_size})
+            "scaling_head_size": scaling_head_size, "layout": layout_of(config)})
 
 
 def count_params_for(config: BertConfig, widths: Widths, *, pooler: bool = True,
@@ -122,6 +131,11 @@ class CompactBertConfig(BertConfig):
       scaling_head_size: the head size whose 1/sqrt sets the attention scaling; a model
         sliced from BERT keeps the original head's (pruning inner dimensions must not
         change the softmax temperature). None: each layer's own head size.
+      layout: "bert" (the default, so compact models saved before it existed load as
+        they were): BERT's embeddings (position ids 0..T-1), pooler and linear
+        classifier. "roberta" (sliced from RoBERTa / XLM-R): RoBERTa's embeddings
+        (position ids count the non-pad tokens from pad_token_id + 1; pad tokens get
+        pad_token_id) and classification head (CompactBertForSequenceClassification).
     """
 
     model_type = "compact-bert"
@@ -130,9 +144,12 @@ class CompactBertConfig(BertConfig):
     layer_head_size: list[int] | None = None
     layer_intermediate_size: list[int] | None = None
     scaling_head_size: int | None = None
+    layout: str = "bert"
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         n = self.num_hidden_layers
         if self.layer_num_heads is None:
             self.layer_num_heads = [self.num_attention_heads] * n
@@ -205,7 +222,8 @@ class CompactBertModel(BertModel):
         BertPreTrainedModel.__init__(self, config)
         self.config = config
         self.gradient_checkpointing = False
-        self.embeddings = BertEmbeddings(config)
+        roberta = config.layout == "roberta"
+        self.embeddings = CompactRobertaEmbeddings(config) if roberta else BertEmbeddings(config)
         self.encoder = BertEncoder.__new__(BertEncoder)
         nn.Module.__init__(self.encoder)
         self.encoder.config = config
@@ -216,7 +234,14 @@ class CompactBertModel(BertModel):
 
 
 class CompactBertForSequenceClassification(BertForSequenceClassification):
-    """BertForSequenceClassification on a CompactBertModel."""
+    """BertForSequenceClassification on a CompactBertModel.
+
+    With layout "roberta", RobertaForSequenceClassification's head instead: no pooler;
+    `classifier` is a RobertaClassificationHead (first token's last hidden state ->
+    dense [H, H] -> tanh -> out_proj [num_labels, H]). The encoder is `self.bert` in
+    both layouts: one class has one base_model_prefix, which lets AutoModel load the
+    encoder of either from a saved classifier (slice_model renames "roberta." keys).
+    """
 
     config_class = CompactBertConfig
 
@@ -224,11 +249,36 @@ class CompactBertForSequenceClassification(BertForSequenceClassification):
         BertPreTrainedModel.__init__(self, config)
         self.num_labels = config.num_labels
         self.config = config
-        self.bert = CompactBertModel(config)
-        dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        roberta = config.layout == "roberta"
+        self.bert = CompactBertModel(config, add_pooling_layer=not roberta)
+        if roberta:
+            self.classifier = RobertaClassificationHead(config)
+        else:
+            dropout = config.classifier_dropout
+            self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, position_ids: Tensor | None = None,
+                inputs_embeds: Tensor | None = None, labels: Tensor | None = None, **kwargs):
+        """ids [B, T] -> SequenceClassifierOutput: logits [B, num_labels], loss given labels [B]."""
+        head = super().forward if self.config.layout == "bert" else self._roberta_forward
+        return head(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, labels,
+                    **kwargs)
+
+    @can_return_tuple
+    def _roberta_forward(self, input_ids, attention_mask, token_type_ids, position_ids,
+                         inputs_embeds, labels, **kwargs) -> SequenceClassifierOutput:
+        # RobertaForSequenceClassification.forward on self.bert; its loss is the same
+        # transformers function BERT's head uses (regression for num_labels 1).
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
+                            **kwargs)
+        logits = self.classifier(outputs.last_hidden_state)
+        loss = None if labels is None else self.loss_function(labels, logits, self.config)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions)
 
 
 def register_compact_bert() -> None:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers.models.roberta.modeling_roberta import RobertaClassificationHead
 
 from pruning.compact import (
     CompactBertConfig,
@@ -10,6 +14,7 @@ from pruning.compact import (
     CompactBertModel,
     register_compact_bert,
 )
+from pruning.layouts import CompactRobertaEmbeddings
 
 VOCAB = 100  # as tests/pruning/conftest.py
 
@@ -91,3 +96,51 @@ def test_save_and_auto_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**_inputs()).logits, model(**_inputs()).logits)
     assert isinstance(AutoModel.from_pretrained(tmp_path), CompactBertModel)
+
+
+def test_configs_saved_before_layouts_load_as_bert(tmp_path):
+    model = CompactBertForSequenceClassification(_config()).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.pop("layout") == "bert"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.layout == "bert" and loaded.bert.pooler is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**_inputs()).logits, model(**_inputs()).logits)
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="layout"):
+        _config(layout="gpt")
+
+
+def _roberta_inputs() -> dict[str, torch.Tensor]:
+    inputs = _inputs()
+    inputs["input_ids"][1, 4:] = 1  # RoBERTa pads with pad_token_id 1; positions skip them
+    return inputs
+
+
+def test_roberta_layout_has_robertas_head_and_reloads(tmp_path):
+    config = _config(layout="roberta", pad_token_id=1, type_vocab_size=1, max_position_embeddings=20)
+    model = CompactBertForSequenceClassification(config).eval()
+    assert model.bert.pooler is None and isinstance(model.classifier, RobertaClassificationHead)
+    assert isinstance(model.bert.embeddings, CompactRobertaEmbeddings)
+    assert (model.classifier.dense.weight.shape, model.classifier.out_proj.weight.shape) == (
+        (30, 30), (3, 30))
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        out = model(**_roberta_inputs(), labels=labels)
+        as_tuple = model(**_roberta_inputs(), labels=labels, return_dict=False)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    torch.testing.assert_close(as_tuple[1], out.logits)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.layout == "roberta"
+    # The encoder of the saved classifier (a new pooler, as RobertaModel from a classifier).
+    encoder = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(encoder.embeddings, CompactRobertaEmbeddings)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**_roberta_inputs()).logits, out.logits)
+        torch.testing.assert_close(encoder(**_roberta_inputs()).last_hidden_state,
+                                   model.bert(**_roberta_inputs()).last_hidden_state)
