@@ -3,6 +3,8 @@
 Groups (METHODS.md section 2):
   hidden: one index set [H] shared by the embeddings, every matrix that reads or
     writes the residual stream, every LayerNorm, the pooler and the classifier input;
+    RoBERTa / XLM-R's classification head (pruning.layouts) is handled as BERT's pooler
+    + classifier: its dense [H, H] on both sides, its out_proj on the input side;
   attention.i: per layer, the inner dimension [n_heads * head_size] (rows of W_q,
     W_k, W_v, columns of W_o), kept whole heads at a time (unit "heads") or with the
     same kept count in every head (unit "inner");
@@ -44,6 +46,10 @@ _LAYOUT: tuple[tuple[re.Pattern[str], tuple[tuple[int, str], ...]], ...] = tuple
         (r"(?:^|\.)pooler\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
         (r"(?:^|\.)pooler\.dense\.bias", ((0, "hidden"),)),
         (r"^classifier\.weight", ((1, "hidden"),)),
+        # RoBERTa's head: dense + tanh plays BERT's pooler, out_proj its classifier.
+        (r"^classifier\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
+        (r"^classifier\.dense\.bias", ((0, "hidden"),)),
+        (r"^classifier\.out_proj\.weight", ((1, "hidden"),)),
     ))
 
 
@@ -51,7 +57,9 @@ def group_layout(names: list[str]) -> dict[str, tuple[tuple[int, str], ...]]:
     """Parameter name -> ((dim, group), ...) for the names that belong to a group.
 
     Groups are "hidden", "attention.<i>" and "ffn.<i>"; `names` come from
-    `model.named_parameters()` or `model.state_dict()` of an unwrapped BERT.
+    `model.named_parameters()` or `model.state_dict()` of an unwrapped BERT, RoBERTa
+    or XLM-R encoder or sequence classifier (any prefix before `embeddings.` /
+    `encoder.layer.<i>.`).
     """
     layout = {}
     for name in names:

@@ -4,6 +4,8 @@
 what `slice_model` computes with the pruned rows, columns, heads and hidden dims
 physically removed; both read pruning.structured.group_layout. The sliced model is a
 pruning.compact model that saves as safetensors and loads through the Auto classes.
+RoBERTa / XLM-R encoders and classifiers are handled alike (pruning.layouts): the
+compact model takes their layout, so it keeps their position ids and head.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning.compact import CompactBertForSequenceClassification, CompactBertModel
+from pruning.layouts import to_compact_prefix
 from pruning.structured import StructuredMasks, group_layout
 
 
@@ -60,9 +63,10 @@ def install_masked_layernorms(model: nn.Module) -> None:
 def apply_structured_masks(model: nn.Module, masks: StructuredMasks) -> None:
     """Zero every pruned row, column and bias entry, and mask the LayerNorms.
 
-    `model` is an unwrapped BertModel or BertForSequenceClassification of the masks'
-    full widths. Afterwards it computes what slice_model(model, masks) computes, and
-    pruned hidden dims are exactly 0 all along the residual stream. Idempotent.
+    `model` is an unwrapped BertModel or BertForSequenceClassification (or their RoBERTa /
+    XLM-R counterparts) of the masks' full widths. Afterwards it computes what
+    slice_model(model, masks) computes, and pruned hidden dims are exactly 0 all along
+    the residual stream. Idempotent.
     """
     install_masked_layernorms(model)
     vectors = masks.group_vectors()
@@ -100,7 +104,9 @@ def slice_model(
 
     Args:
         model: unwrapped BertModel (-> CompactBertModel) or BertForSequenceClassification
-            (-> CompactBertForSequenceClassification) of the masks' full widths.
+            (-> CompactBertForSequenceClassification) of the masks' full widths; also
+            RobertaModel / XLMRobertaModel and their sequence classifiers (-> layout
+            "roberta": RoBERTa's position ids and head, encoder renamed to `bert`).
         masks: what to keep; its widths become the compact config's per-layer sizes.
 
     Returns:
@@ -114,6 +120,8 @@ def slice_model(
     compact = (CompactBertForSequenceClassification(config) if has_head
                else CompactBertModel(config, add_pooling_layer=model.pooler is not None))
     state = slice_state_dict(model.state_dict(), masks)
+    if has_head:
+        state = to_compact_prefix(state, model.base_model_prefix)
     compact.load_state_dict(state, strict=True)
     param = next(model.parameters())
     return compact.to(device=param.device, dtype=param.dtype).train(model.training)

@@ -50,6 +50,24 @@ def test_layout_names_every_grouped_dimension(tiny_bert):
     assert len(layout) == len(list(tiny_bert().parameters())) - 1
 
 
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta"])
+def test_layout_of_roberta_names_its_head_like_berts_pooler_and_classifier(tiny_roberta, kind):
+    model = tiny_roberta(kind)
+    layout = group_layout([n for n, _ in model.named_parameters()])
+    assert layout["roberta.embeddings.position_embeddings.weight"] == ((1, "hidden"),)
+    assert layout["roberta.embeddings.token_type_embeddings.weight"] == ((1, "hidden"),)
+    assert layout["roberta.encoder.layer.1.attention.self.key.weight"] == (
+        (0, "attention.1"), (1, "hidden"))
+    assert layout["roberta.encoder.layer.0.output.dense.weight"] == ((0, "hidden"), (1, "ffn.0"))
+    assert layout["classifier.dense.weight"] == ((0, "hidden"), (1, "hidden"))
+    assert layout["classifier.dense.bias"] == ((0, "hidden"),)
+    assert layout["classifier.out_proj.weight"] == ((1, "hidden"),)
+    assert "classifier.out_proj.bias" not in layout  # the label dimension is never pruned
+    assert len(layout) == len(list(model.parameters())) - 1
+    encoder = tiny_roberta(kind, head=False)
+    assert len(group_layout([n for n, _ in encoder.named_parameters()])) == len(list(encoder.parameters()))
+
+
 @pytest.mark.parametrize("unit", ["heads", "inner"])
 def test_masks_round_trip_through_safetensors(tmp_path, unit):
     masks = select_masks(_random_scores(StructuredMasks.full(FULL, unit), 0),

@@ -106,11 +106,17 @@ def test_unpruned_masked_layernorm_is_the_plain_one():
     torch.testing.assert_close(masked(x), plain(x))
 
 
+def _random_group_scores(full: Widths) -> dict[str, torch.Tensor]:
+    """Scores for unit "heads" masks of `full`: one per hidden dim, head and FFN neuron."""
+    unit_masks = StructuredMasks.full(full, "heads")
+    return {k: torch.rand(v.numel() if k[:3] != "att" else 2)
+            for k, v in unit_masks.group_vectors().items()}
+
+
 def test_sliced_model_meets_the_parameter_budget():
     widths = target_widths(CONFIG, 0.45, num_labels=3)
     unit_masks = StructuredMasks.full(FULL, "heads")
-    masks = select_masks({k: torch.rand(v.numel() if k[:3] != "att" else 2)
-                          for k, v in unit_masks.group_vectors().items()}, widths, unit_masks)
+    masks = select_masks(_random_group_scores(FULL), widths, unit_masks)
     model = BertForSequenceClassification(CONFIG)
     apply_structured_masks(model, masks)
     compact = slice_model(model, masks)
@@ -118,26 +124,82 @@ def test_sliced_model_meets_the_parameter_budget():
     assert count_params(compact) <= 0.45 * count_params(BertForSequenceClassification(CONFIG))
 
 
-def test_saved_compact_model_reloads_in_a_fresh_process(tmp_path):
-    model, masks = _masked("inner", seed=3)
+def _roberta_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    """As _inputs with RoBERTa's pad id 1 where the mask is 0 and no token_type_ids."""
+    inputs = _inputs(seed)
+    del inputs["token_type_ids"]
+    inputs["input_ids"] = inputs["input_ids"].clamp_min(3).masked_fill(inputs["attention_mask"] == 0, 1)
+    return inputs
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlm-roberta"])
+def test_saved_compact_model_reloads_in_a_fresh_process(tmp_path, tiny_roberta, kind):
+    model = None if kind == "bert" else tiny_roberta(kind, num_labels=3).eval()
+    model, masks = _masked("inner", seed=3, model=model)
+    inputs = _inputs() if kind == "bert" else _roberta_inputs()
     compact = slice_model(model, masks)
     compact.save_pretrained(tmp_path / "model")
     with torch.no_grad():
-        expected = compact(**_inputs()).logits
-    save_file({**_inputs(), "expected": expected}, tmp_path / "io.safetensors")
+        expected, hidden = compact(**inputs).logits, compact.bert(**inputs).last_hidden_state
+    save_file({**inputs, "expected": expected, "hidden": hidden}, tmp_path / "io.safetensors")
     script = (
         "import sys, torch\n"
         "from safetensors.torch import load_file\n"
-        "from transformers import AutoModelForSequenceClassification\n"
+        "from transformers import AutoModel, AutoModelForSequenceClassification\n"
         "import pruning.compact\n"
-        "io = load_file(sys.argv[2]); expected = io.pop('expected')\n"
+        "io = load_file(sys.argv[2]); expected, hidden = io.pop('expected'), io.pop('hidden')\n"
         "model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()\n"
+        "encoder = AutoModel.from_pretrained(sys.argv[1]).eval()\n"
         "with torch.no_grad():\n"
         "    torch.testing.assert_close(model(**io).logits, expected, atol=1e-6, rtol=1e-6)\n"
-        "print(type(model).__name__)\n"
+        "    torch.testing.assert_close(encoder(**io).last_hidden_state, hidden, atol=1e-6, rtol=1e-6)\n"
+        "print(type(model).__name__, model.config.layout)\n"
     )
     args = [sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "io.safetensors")]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("CompactBertForSequenceClassification")
+    layout = "bert" if kind == "bert" else "roberta"
+    assert done.stdout.strip().endswith(f"CompactBertForSequenceClassification {layout}")
+
+
+@pytest.mark.parametrize("case", ["heads", "inner", "inner_empty"])
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta"])
+def test_masked_roberta_and_its_sliced_twin_agree(tiny_roberta, kind, case):
+    model, masks = _masked(case, model=tiny_roberta(kind, num_labels=3).eval())
+    compact = slice_model(model, masks)
+    assert isinstance(compact, CompactBertForSequenceClassification)
+    assert compact.config.layout == "roberta" and Widths.of_config(compact.config) == CASES[case][1]
+    with torch.no_grad():
+        want = model(**_roberta_inputs(), output_hidden_states=True)
+        got = compact(**_roberta_inputs(), output_hidden_states=True)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
+    assert len(got.hidden_states) == len(want.hidden_states) == 3
+    for sliced, masked in zip(got.hidden_states, want.hidden_states):
+        torch.testing.assert_close(sliced, masked[..., masks.hidden], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta"])
+def test_headless_roberta_slices_to_a_roberta_layout_compact_model(tiny_roberta, kind):
+    model, masks = _masked("heads", model=tiny_roberta(kind, head=False).eval())
+    compact = slice_model(model, masks)
+    assert isinstance(compact, CompactBertModel) and compact.config.layout == "roberta"
+    with torch.no_grad():
+        want, got = model(**_roberta_inputs()), compact(**_roberta_inputs())
+    kept = masks.hidden
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state[..., kept],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output[..., kept], atol=1e-5, rtol=1e-5)
+
+
+def test_sliced_xlm_roberta_classifier_meets_the_parameter_budget(tiny_roberta):
+    model = tiny_roberta("xlm-roberta", num_labels=3)
+    full_params = count_params(model)
+    # RoBERTa's head dense [H, H] counts as BERT's pooler, its out_proj as the classifier.
+    widths = target_widths(model.config, 0.45, num_labels=3)
+    masks = select_masks(_random_group_scores(FULL), widths, StructuredMasks.full(FULL, "heads"))
+    apply_structured_masks(model, masks)
+    compact = slice_model(model, masks)
+    assert count_params(compact) == count_params_for(model.config, widths, num_labels=3)
+    assert count_params(compact) <= 0.45 * full_params
+    assert compact.classifier.dense.weight.shape == (widths.hidden, widths.hidden)
