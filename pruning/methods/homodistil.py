@@ -102,9 +102,10 @@ class DistillationModule(nn.Module):
 class HomotopicDistiller:
     """Stage a: prune a copy of the pre-trained encoder while distilling the original.
 
-    `student`, `teacher`: BertModel (no head) with the same weights; the student is
-    pruned in place (masked LayerNorms, zeroed groups) and trained through
-    `self.module`. Batches are unlabelled: input_ids, attention_mask, token_type_ids.
+    `student`, `teacher`: BertModel, RobertaModel or XLMRobertaModel (no head) with the
+    same weights; the student is pruned in place (masked LayerNorms, zeroed groups) and
+    trained through `self.module`. Batches are unlabelled: input_ids, attention_mask,
+    token_type_ids (may be absent, as XLM-R tokenizers give none).
 
     Loss: prediction_weight * KL(softmax(z_t / T) || softmax(z_s / T)) T^2 with z the
     mean-pooled last hidden state (our choice: the packaged encoders have no MLM head,
@@ -275,7 +276,8 @@ class HomotopicDistiller:
         apply_structured_masks(self.student, self.masks)
 
     def export(self) -> CompactBertModel:
-        """The student sliced to its current masks: a dense, physically smaller CompactBertModel."""
+        """The student sliced to its current masks: a dense, physically smaller CompactBertModel
+        (layout "roberta" for a RoBERTa / XLM-R student)."""
         return slice_model(self.student, self.masks)
 
 
@@ -317,8 +319,10 @@ def _capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
 class CompactFinetune(Dense):
     """Stage b: fine-tune the compact student on the task, distilling the task teacher.
 
-    `student`: CompactBertForSequenceClassification loaded from stage a's export;
-    `teacher`: the fine-tuned BertForSequenceClassification. Loss: task loss
+    `student`: CompactBertForSequenceClassification loaded from stage a's export (its
+    `classifier` outputs the logits in both layouts: BERT's linear classifier, or
+    RoBERTa's head); `teacher`: the fine-tuned Bert-, Roberta- or
+    XLMRobertaForSequenceClassification. Loss: task loss
     (pruning.methods.base.task_loss) + kd_weight * KL(teacher || student) on the
     logits at `temperature` (MSE of the logits for regression, num_labels 1);
     kd_weight = 0 skips the teacher's forward. Nothing is pruned here: the student is

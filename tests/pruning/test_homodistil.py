@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+)
 
 from pruning.accounting import count_params
 from pruning.compact import CompactBertForSequenceClassification, CompactBertModel, Widths, count_params_for
@@ -39,12 +45,23 @@ def _distiller(student: BertModel, teacher: BertModel, **options: object) -> Hom
                               final_sparsity=1 - KEEP, update_every=2, **options)
 
 
-def _run(method: HomotopicDistiller, optimizer: torch.optim.Optimizer, steps: range) -> list[Widths]:
+def _roberta_batch(step: int) -> dict[str, torch.Tensor]:
+    """_batch with <s> first, RoBERTa's pad id 1 where the mask is 0, no token_type_ids."""
+    batch = _batch(step)
+    del batch["token_type_ids"]
+    batch["input_ids"] = batch["input_ids"].clamp_min(3).masked_fill(batch["attention_mask"] == 0, 1)
+    batch["input_ids"][:, 0] = 0
+    return batch
+
+
+def _run(method: HomotopicDistiller, optimizer: torch.optim.Optimizer, steps: range,
+         batch: Callable[[int], dict[str, torch.Tensor]] = _batch) -> list[Widths]:
     """The loop's order: start, loss, backward, step, on_step_end (gradients still there), zero_grad."""
     widths = []
     for step in steps:
         method.on_step_start(step)
-        loss, _ = method.loss(method.module, _batch(step))
+        loss, _ = method.loss(method.module, batch(step))
+        assert torch.isfinite(loss), step
         loss.backward()
         optimizer.step()
         method.on_step_end(step)
@@ -195,3 +212,63 @@ def test_from_scratch_is_a_random_model_of_the_target_shape_distilled():
 def test_unknown_path_is_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="prune_first"):
         _distiller(*_encoders(), path="oneshot")
+
+
+def _roberta_encoders(tiny_roberta: Callable, kind: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    teacher = tiny_roberta(kind, head=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return copy.deepcopy(teacher), teacher
+
+
+@pytest.mark.parametrize("kind, path", [("roberta", "homotopic"), ("xlm-roberta", "homotopic"),
+                                        ("xlm-roberta", "prune_first"), ("xlm-roberta", "from_scratch")])
+def test_distiller_slices_a_roberta_encoder_into_an_equal_compact_model(tiny_roberta, kind, path):
+    student, teacher = _roberta_encoders(tiny_roberta, kind)
+    full_params = count_params(student)
+    method = _distiller(student, teacher, path=path)
+    _, logs = method.loss(method.module, _roberta_batch(0))
+    if path != "from_scratch":  # the student starts as its teacher
+        assert logs["hidden_loss"] < 1e-10 and logs["attention_loss"] < 1e-6
+    widths = _run(method, _optimizer(method), range(TOTAL_STEPS), batch=_roberta_batch)
+    assert widths[-1] == method.target != Widths.of_config(student.config)
+    compact = method.export().eval()
+    assert isinstance(compact, CompactBertModel) and compact.config.layout == "roberta"
+    assert count_params(compact) == count_params_for(student.config, method.target)
+    assert count_params(compact) <= KEEP * full_params
+    method.student.eval()
+    with torch.no_grad():
+        masked, sliced = method.student(**_roberta_batch(50)), compact(**_roberta_batch(50))
+    kept = method.masks.hidden
+    torch.testing.assert_close(sliced.last_hidden_state, masked.last_hidden_state[..., kept],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sliced.pooler_output, masked.pooler_output[..., kept],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_compact_finetune_trains_the_exported_xlm_roberta_classifier(tiny_roberta, tmp_path):
+    method = _distiller(*_roberta_encoders(tiny_roberta, "xlm-roberta"))
+    _run(method, _optimizer(method), range(TOTAL_STEPS), batch=_roberta_batch)
+    export = method.export().eval()
+    export.save_pretrained(tmp_path)
+    torch.manual_seed(1)  # the new head, as infra.models.load_classifier seeds it
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    assert isinstance(student, CompactBertForSequenceClassification)
+    assert student.config.layout == "roberta" and student.bert.pooler is None
+    with torch.no_grad():  # the encoder is stage a's export
+        torch.testing.assert_close(student.eval().bert(**_roberta_batch(50)).last_hidden_state,
+                                   export(**_roberta_batch(50)).last_hidden_state)
+    teacher = tiny_roberta("xlm-roberta", seed=2)  # stands in for the fine-tuned XLM-R
+    finetune = build_method("homodistil", student.train(), teacher=teacher, total_steps=4,
+                            final_sparsity=0.5)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    for step in range(4):
+        finetune.on_step_start(step)
+        batch = _roberta_batch(step) | {"labels": torch.tensor([0, 1, 1, 0])}
+        loss, logs = finetune.loss(student, batch)
+        loss.backward()
+        assert torch.isfinite(loss) and logs["kd_loss"] > 0
+        assert loss.item() == pytest.approx(logs["task_loss"] + logs["kd_loss"], rel=1e-5)
+        assert student.classifier.dense.weight.grad.abs().sum() > 0
+        assert student.classifier.out_proj.weight.grad.abs().sum() > 0
+        optimizer.step()
+        finetune.on_step_end(step)
+        optimizer.zero_grad(set_to_none=True)
