@@ -13,6 +13,9 @@ COLUMNS = {
     "encoder_sparsity": "encoder sparsity",
     "dev_accuracy": "dev acc",
     "test_accuracy": "test acc",
+    # Cross-lingual tasks: the mean over languages (English included), what promotion reads.
+    "dev_avg_accuracy": "dev avg acc",
+    "test_avg_accuracy": "test avg acc",
     "dev_score": "dev score",
     "test_score": "test score",
     "model_nonzero_params": "non-zero params (M)",
@@ -36,6 +39,7 @@ def results_frame(task: str, records: list[EvalRecord], aliases: dict[str, str],
             "task": task, "method": "teacher" if record.method == "dense" else record.method,
             "target_sparsity": record.target_sparsity, "encoder_sparsity": m.get("encoder_sparsity"),
             "dev_accuracy": m.get("dev_accuracy"), "test_accuracy": m.get("test_accuracy"),
+            "dev_avg_accuracy": m.get("dev_avg_accuracy"), "test_avg_accuracy": m.get("test_avg_accuracy"),
             # The task's official combined metric (GLUE score, Pearson/Spearman for STS-B).
             "dev_score": m.get("dev_score"), "test_score": m.get("test_score"),
             "model_nonzero_params": m.get("model_nonzero_params", 0) / 1e6,

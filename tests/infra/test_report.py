@@ -25,3 +25,11 @@ def test_table_shows_measured_numbers_and_aliases() -> None:
     assert lines[2].startswith("| rt | teacher | 0.000 |") and lines[2].endswith("|  |")
     assert "| rt | gmp | 0.500 | 0.500 | 0.795 |" in lines[3] and lines[3].endswith("| champion |")
     assert "CPU ms b1 | CPU ms b32" in lines[0]
+
+
+def test_cross_lingual_rows_show_the_language_average_promotion_reads() -> None:
+    metrics = {"encoder_sparsity": 0.0, "dev_accuracy": 0.5, "test_accuracy": 0.5, "dev_de_accuracy": 0.75,
+               "dev_avg_accuracy": 0.625, "test_avg_accuracy": 0.55, "model_nonzero_params": 1e6}
+    lines = to_markdown(results_frame("pawsx", [record("t", "dense", 0.0, metrics)], {})).splitlines()
+    assert "| dev acc | test acc | dev avg acc | test avg acc |" in lines[0]
+    assert "| 0.500 | 0.500 | 0.625 | 0.550 |" in lines[2]
