@@ -359,6 +359,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: Path, results: dict, text: str, log) -> None:
+    """`out` (JSON, written atomically) and its markdown twin; the markdown is printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    tmp.replace(out)
+    out.with_suffix(".md").write_text(text)
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.claims", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -396,13 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         results["accuracy"]["prune_epochs"] = args.prune_epochs or setup.cfg.prune.epochs
         results["accuracy"]["schedule_options"] = schedule_options(setup.cfg)
         results["accuracy"]["command"] = "python -m bench.claims " + " ".join(argv or [])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    tmp.replace(out)
-    out.with_suffix(".md").write_text(markdown(results))
-    log(f"wrote {out} and {out.with_suffix('.md')}")
-    print(markdown(results))
+    write_results(out, results, markdown(results), log)
     return 0
 
 

@@ -21,7 +21,6 @@ Jobs run in this process with bench.claims' loop (infra.training's loop minus Ra
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -177,13 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                "command": "python -m bench.homodistil " + " ".join(argv or [])}
     results |= run(setup, args.budgets, scale["seeds"], text, epochs, log)
     results["wall_s"] = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    tmp.replace(out)
-    out.with_suffix(".md").write_text(markdown(results))
-    log(f"wrote {out} and {out.with_suffix('.md')}")
-    print(markdown(results))
+    claims.write_results(out, results, markdown(results), log)
     return 0
 
 
