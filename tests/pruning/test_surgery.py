@@ -106,6 +106,25 @@ def test_unpruned_masked_layernorm_is_the_plain_one():
     torch.testing.assert_close(masked(x), plain(x))
 
 
+def test_masked_layernorm_normalises_over_the_kept_dims_only():
+    plain = torch.nn.LayerNorm(8)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-1, 1)
+    keep = torch.tensor([True, False, True, True, False, True, False, True])
+    masked = MaskedLayerNorm(copy.deepcopy(plain))
+    masked.set_keep(keep)
+    x = (torch.randn(3, 5, 8) * 4 + 2).requires_grad_()  # pruned dims hold values too
+    y = masked(x)
+    sliced = torch.nn.functional.layer_norm(x[..., keep], (5,), plain.weight[keep],
+                                            plain.bias[keep], plain.eps)
+    torch.testing.assert_close(y[..., keep], sliced, atol=1e-5, rtol=1e-5)
+    assert torch.equal(y[..., ~keep], torch.zeros_like(y[..., ~keep]))
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    (want,) = torch.autograd.grad(sliced.square().sum(), x)
+    torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-5)  # nothing flows to pruned dims
+
+
 def _random_group_scores(full: Widths) -> dict[str, torch.Tensor]:
     """Scores for unit "heads" masks of `full`: one per hidden dim, head and FFN neuron."""
     unit_masks = StructuredMasks.full(full, "heads")
