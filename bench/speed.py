@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils import flop_counter
 
 from infra import evaluation, models
@@ -87,6 +88,44 @@ def count_flops(model: nn.Module, batch: int, vocab: int) -> int:
     return counter.get_total_flops()
 
 
+# Where a forward's time goes (self CPU time of aten ops, one profiled forward): the kinds
+# whose work flop_counter counts, and the elementwise ones it does not.
+KINDS = {"aten::addmm": "linear", "aten::mm": "linear", "aten::bmm": "linear",
+         "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+         "aten::gelu": "gelu", "aten::native_layer_norm": "layer_norm",
+         "aten::copy_": "copy"}
+
+
+@torch.inference_mode()
+def time_shares(model: nn.Module, batch: int, vocab: int, forwards: int = 3) -> dict[str, float]:
+    """Milliseconds of one forward per kind of op (KINDS; everything else is "other"),
+    the mean of `forwards` profiled forwards."""
+    x = inputs(batch, vocab)
+    model(**x)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(forwards):
+            model(**x)
+    shares: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = KINDS.get(event.key, "other")
+        shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total / 1000 / forwards
+    return shares
+
+
+def flop_bound(shares_teacher: dict[str, float], shares_model: dict[str, float], flop_ratio: float) -> dict:
+    """Split efficiency into its parts: how efficient the counted ops (linear, attention)
+    are on their own, and the efficiency the model would reach if they were perfectly
+    efficient (time = counted ops of the teacher / flop_ratio + the model's uncounted ops)."""
+    counted = lambda s: s.get("linear", 0.0) + s.get("attention", 0.0)  # noqa: E731
+    total = lambda s: sum(s.values())  # noqa: E731
+    t_counted, m_counted = counted(shares_teacher), counted(shares_model)
+    return {"counted_ops_efficiency": t_counted / m_counted / flop_ratio,
+            "uncounted_share_teacher": 1 - t_counted / total(shares_teacher),
+            "uncounted_share_model": 1 - m_counted / total(shares_model),
+            "efficiency_bound": total(shares_teacher)
+            / (flop_ratio * (total(shares_model) - m_counted) + t_counted)}
+
+
 def build(teacher: nn.Module, keep_fraction: float, multiple_of: int
           ) -> tuple[nn.Module, nn.Module, Widths]:
     """(masked copy of the teacher, sliced compact model, widths) for one parameter budget."""
@@ -141,8 +180,13 @@ def measure(repeats: int, log, multiple_of: int) -> dict:
         flops |= {str(f): count_flops(named[f"sliced@{f}"], batch, vocab) for f in KEEP_FRACTIONS}
         log(f"batch {batch}: timing {len(named)} models x {repeats} rounds")
         times = time_round_robin(named, batch, repeats, vocab)
+        shares = {"teacher": time_shares(teacher, batch, vocab)}
         for fraction in KEEP_FRACTIONS:
-            budgets[str(fraction)]["batch"][str(batch)] = batch_row(times, fraction, flops)
+            row = batch_row(times, fraction, flops)
+            shares[str(fraction)] = time_shares(named[f"sliced@{fraction}"], batch, vocab)
+            row |= {"ms_by_kind": shares[str(fraction)], "teacher_ms_by_kind": shares["teacher"]}
+            row |= flop_bound(shares["teacher"], shares[str(fraction)], row["flop_ratio"])
+            budgets[str(fraction)]["batch"][str(batch)] = row
     return {"model": MODEL, "teacher_params": full_params, "budgets": budgets}
 
 
@@ -166,6 +210,20 @@ def markdown(results: dict) -> str:
             lines.append(f"| {fraction} | {b['params'] / 1e6:.2f}M | {batch} | {r['teacher_ms']:.1f} | "
                          f"{r['masked_ms']:.1f} ({r['masked_speedup']:.2f}x) | {r['sliced_ms']:.1f} | "
                          f"{r['speedup']:.2f}x | {r['flop_ratio']:.2f} | {r['efficiency']:.2f} |")
+    lines += ["", "Where the time goes (one profiled forward, self CPU time): the share of ops whose work "
+              "the FLOP count leaves out (GELU, LayerNorm, bias copies, adds), how efficient the counted "
+              "ops (linear layers, attention) are on their own, and the efficiency the model would "
+              "reach if the counted ops were perfectly efficient (bound).", "",
+              "| keep | batch | uncounted share teacher | uncounted share sliced | GELU ms (teacher) "
+              "| counted-ops efficiency | efficiency bound |", "|---|---|---|---|---|---|---|"]
+    for fraction, b in results["budgets"].items():
+        for batch, r in b["batch"].items():
+            if "efficiency_bound" not in r:
+                continue
+            lines.append(f"| {fraction} | {batch} | {r['uncounted_share_teacher']:.0%} | "
+                         f"{r['uncounted_share_model']:.0%} | {r['ms_by_kind'].get('gelu', 0):.1f} "
+                         f"({r['teacher_ms_by_kind'].get('gelu', 0):.1f}) | "
+                         f"{r['counted_ops_efficiency']:.2f} | {r['efficiency_bound']:.2f} |")
     diffs = ", ".join(f"{f}: {b['max_abs_logit_diff']:.1e}" for f, b in results["budgets"].items())
     lines += ["", "Speedup: median of per-round teacher/model time ratios. Efficiency = speedup / "
               f"FLOP ratio; target >= {TARGETS['efficiency_b32']} at batch 32 (nn_pruning ~"
