@@ -121,10 +121,21 @@ def _checkpoint_count_reaches(root: Path, count: int, timeout: float = 120) -> N
         time.sleep(0.05)
 
 
-def _workers() -> list:
+def _workers(state: str = "ALIVE") -> list:
     from ray.util.state import list_actors
 
-    return list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    filters = [("class_name", "=", "RayTrainWorker")] + ([("state", "=", state)] if state else [])
+    return list_actors(filters=filters, limit=10_000)
+
+
+def _running_workers(count: int, timeout: float = 120) -> list:
+    """The job's `count` training workers once they are all up (listed before they are
+    needed: the state API answers in about a second, a tiny job's steps take milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while len(found := _workers()) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} training workers came up"
+        time.sleep(0.1)
+    return found
 
 
 def _last_position(run_dir: Path) -> checkpoints.Position:
@@ -134,8 +145,8 @@ def _last_position(run_dir: Path) -> checkpoints.Position:
 def test_a_killed_worker_resumes_and_ends_bit_identical(cluster, args, tmp_path):
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(_run, args, tmp_path, "interrupted")
+        (worker,) = _running_workers(1)
         at = _first_checkpoint(tmp_path / "ray" / "interrupted")
-        (worker,) = _workers()
         os.kill(worker.pid, signal.SIGKILL)  # the worker process, as the OOM killer would
         # The uninterrupted twin runs meanwhile, on another node.
         straight = _run(replace(args, job_id="straight"), tmp_path, "straight", max_failures=0)
@@ -148,19 +159,26 @@ def test_a_killed_worker_resumes_and_ends_bit_identical(cluster, args, tmp_path)
 
 
 def test_b_a_removed_node_moves_the_workers_and_masks_agree_across_ranks(cluster, args, tmp_path):
+    # Two DDP workers share the steps: 48 epochs leave ~120 steps after the first checkpoint,
+    # so the node goes while the job is still training (a finished job would prove nothing).
+    args = replace(args, epochs=48)
+    started_before = len(_workers(state=""))
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(_run, args, tmp_path, "node-lost", workers=2)
-        _first_checkpoint(tmp_path / "ray" / "node-lost")
-        hosts = {w.node_id for w in _workers()}
+        hosts = {w.node_id for w in _running_workers(2)}
         lost = next(n for n in cluster.worker_nodes if n.node_id in hosts)
+        _first_checkpoint(tmp_path / "ray" / "node-lost")
         cluster.remove_node(lost, allow_graceful=False)
         out = future.result(timeout=600)
     assert (out / "model.safetensors").is_file()
     end = _last_position(tmp_path / "ray" / "node-lost")
+    assert len(_workers(state="")) - started_before >= 4  # the group was started again
     assert end.world_size == 2 and len(end.mask_checksums) == 2
     assert len(set(end.mask_checksums)) == 1  # both DDP ranks pruned exactly the same weights
-    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert lost.node_id not in alive
+    deadline = time.monotonic() + 60  # the GCS marks a node dead after its health checks fail
+    while lost.node_id in {n["NodeID"] for n in ray.nodes() if n["Alive"]}:
+        assert time.monotonic() < deadline, "the removed node is still listed alive"
+        time.sleep(0.2)
     cluster.add_node(num_cpus=1)  # leave the cluster as the other tests expect it
     cluster.wait_for_nodes()
 
@@ -180,7 +198,7 @@ def test_d_retries_exhausted_fail_cleanly_and_leave_nothing_running(cluster, dat
         future = pool.submit(jobs.train, job, dataset, teacher_ref, ctx)
         for attempt in range(2):  # kill a training worker, once per attempt Ray makes
             _checkpoint_count_reaches(tmp_path / "home" / "ray_results", attempt + 1)
-            (worker,) = _workers()
+            (worker,) = _running_workers(1)
             os.kill(worker.pid, signal.SIGKILL)
         with pytest.raises(training.TrainingError) as error:
             future.result(timeout=300)
