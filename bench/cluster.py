@@ -4,14 +4,14 @@
 
 Runs `--jobs` GMP jobs of the embedded default (all-MiniLM-L6-v2 on rotten_tomatoes,
 max_length 64, batch 32, one worker with one CPU each) as the flow does: as many at a time
-as Ray's resources hold (`ray_cluster.job_slots`), the next one as each finishes.
+as Ray's resources hold (`cluster.job_slots`), the next one as each finishes.
 
 - parallel efficiency = (sum of the jobs' wall times / slots) / the grid's wall time.
   1.0 means the cluster never idled and running jobs side by side cost nothing; the
   target is at least 0.9 (Ray Tune aims at under 20% overhead).
 - checkpoint cost = time the training loop spent writing and persisting checkpoints
   (everything a restart needs, every `--checkpoint-every` steps) over the loop's time,
-  per job, from the metrics each job reports (infra.training). Target: under 5%.
+  per job, from the metrics each job reports (infra.train.ray_job). Target: under 5%.
 
 Writes bench/results/cluster.json and cluster.md.
 """
@@ -29,10 +29,13 @@ from pathlib import Path
 
 import ray
 
-from infra import data, models, ray_cluster, training
-from infra.config import load_config
-from infra.preflight import split_spec, task_source
-from infra.settings import Settings, apply_offline_env
+from infra import data
+from infra.models import pretrained
+from infra.train import cluster
+from infra.train import ray_job
+from infra.experiment.config import load_config
+from infra.experiment.preflight import split_spec, task_source
+from infra.experiment.settings import Settings, apply_offline_env
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -41,34 +44,34 @@ def _prepare(work: Path, examples: int) -> tuple[data.DatasetRef, str, str]:
     cfg = load_config(Path(__file__).parents[1] / "configs/demo.yaml")
     spec = cfg.tasks[0].model_copy(update={"split": cfg.tasks[0].split.model_copy(
         update={"max_train_examples": examples})})
-    pretrained = models.resolve_model_dir(cfg.model.name)
-    tokenizer = models.load_tokenizer(pretrained)
+    pretrained = pretrained.resolve_model_dir(cfg.model.name)
+    tokenizer = pretrained.load_tokenizer(pretrained)
     dataset = data.prepare(task_source(spec), split_spec(spec), tokenizer, 64, work / "data")
     # GMP prunes a fine-tuned teacher; for timing the pretrained encoder with a new head will do.
-    teacher = models.load_classifier(pretrained, num_labels=dataset.num_labels, seed=0)
-    teacher_dir = models.save_model(teacher, tokenizer, work / "teacher")
+    teacher = pretrained.load_classifier(pretrained, num_labels=dataset.num_labels, seed=0)
+    teacher_dir = pretrained.save_model(teacher, tokenizer, work / "teacher")
     return dataset, pretrained, str(teacher_dir)
 
 
 def _job(index: int, dataset, pretrained: str, teacher: str, checkpoint_every: int
-         ) -> training.JobArgs:
-    return training.JobArgs(
+         ) -> ray_job.JobArgs:
+    return ray_job.JobArgs(
         job_id=f"bench{index}", method="gmp", sparsity=0.5, seed=index, options={"update_every": 4},
         data_path=dataset.path, pretrained=pretrained, init="pretrained", teacher_dir=teacher,
         epochs=1.0, batch_size=32, learning_rate=5e-5, weight_decay=0.01, warmup_fraction=0.06,
         max_grad_norm=1.0, checkpoint_every=checkpoint_every, log_every=1000)
 
 
-def _timed(args: training.JobArgs, work: Path) -> dict:
+def _timed(args: ray_job.JobArgs, work: Path) -> dict:
     began = time.perf_counter()
-    out = training.run_job(args, run_name=args.job_id, num_workers=1, cpus_per_worker=1,
+    out = ray_job.run_job(args, run_name=args.job_id, num_workers=1, cpus_per_worker=1,
                            use_gpu=False, max_failures=0, storage_path=work / "ray",
                            out_dir=work / "models" / args.job_id)
-    reported = json.loads(training.timing_path(out).read_text())
+    reported = json.loads(ray_job.timing_path(out).read_text())
     return {"job": args.job_id, "wall_s": time.perf_counter() - began, **reported}
 
 
-def _grid(jobs: list[training.JobArgs], slots: int, work: Path) -> tuple[list[dict], float]:
+def _grid(jobs: list[ray_job.JobArgs], slots: int, work: Path) -> tuple[list[dict], float]:
     began, done = time.perf_counter(), []
     with ThreadPoolExecutor(slots) as pool:
         pending, running = list(jobs), set()
@@ -108,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         work = Path(tmp)
         dataset, pretrained, teacher = _prepare(work, args.train_examples)
-        started = ray_cluster.connect(settings)
+        started = cluster.connect(settings)
         try:
-            slots = ray_cluster.job_slots(1, 1, False)
+            slots = cluster.job_slots(1, 1, False)
             jobs = [_job(i, dataset, pretrained, teacher, args.checkpoint_every) for i in range(args.jobs)]
             results, wall = _grid(jobs, slots, work)
         finally:
-            ray_cluster.disconnect(started)
+            cluster.disconnect(started)
     total = sum(r["wall_s"] for r in results)
     summary = {
         "command": "python -m bench.cluster " + " ".join(argv or []), "jobs": args.jobs, "slots": slots,

@@ -15,7 +15,7 @@ Per parameter budget (fraction of the model's parameters kept, embeddings includ
   distilled the same way (TinyBERT-style general distillation, no homotopic path);
 - gmp_equal_nonzero: GMP from the teacher with the word embeddings pruned too, at the
   sparsity that leaves the same non-zero count as the HomoDistil student.
-Jobs run in this process with bench.claims' loop (infra.training's loop minus Ray).
+Jobs run in this process with bench.claims' loop (infra.train.ray_job's loop minus Ray).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 
 from bench import claims
-from infra import corpus, data, models
-from infra.settings import Settings
+from infra.data import corpus
+from infra import data
+from infra.models import pretrained
+from infra.experiment.settings import Settings
 from pruning.methods import build_distiller
 from pruning.targets import encoder_linear_weights, word_embedding_weight
 
@@ -56,19 +58,19 @@ def distil(setup: claims.Setup, text: corpus.CorpusRef, budget: float, seed: int
     if epochs:
         spec = spec.model_copy(update={"epochs": epochs})
     table = corpus.read_corpus(text.path)
-    student = models.load_encoder(setup.pretrained, seed=seed)
-    teacher = models.load_encoder(setup.pretrained, seed=seed)
+    student = pretrained.load_encoder(setup.pretrained, seed=seed)
+    teacher = pretrained.load_encoder(setup.pretrained, seed=seed)
     options = {k: v[0] for k, v in setup.cfg.grid.options.get("homodistil", {}).items()} | {"path": path}
     method = build_distiller("homodistil", student, teacher=teacher, total_steps=claims.total_steps(table, spec),
                              final_sparsity=budget, options=options)
     claims.fit(method, student, table, spec, seed=seed)
     folder = setup.work / "models" / f"distilled-{path}-{budget}-{seed}"
-    return str(models.save_model(method.export(), setup.tokenizer, folder))
+    return str(pretrained.save_model(method.export(), setup.tokenizer, folder))
 
 
 def gmp_sparsity_for(teacher_dir: str, nonzero: float) -> float:
     """The sparsity of GMP with `prune_embeddings` that leaves `nonzero` parameters."""
-    model = models.load_saved(teacher_dir)
+    model = pretrained.load_saved(teacher_dir)
     total = sum(p.numel() for p in model.parameters())
     prunable = sum(p.numel() for p in (encoder_linear_weights(model) | word_embedding_weight(model)).values())
     sparsity = (total - nonzero) / prunable
@@ -96,15 +98,15 @@ def run(setup: claims.Setup, budgets: list[float], seeds: tuple[int, ...], text:
                 folder = distil(setup, text, budget, seed, path, distil_epochs)
                 distil_s = time.perf_counter() - start
                 log(f"{variant} budget={budget} seed={seed}: fine-tuning")
-                student = models.load_classifier(folder, num_labels=n_labels, seed=seed)
+                student = pretrained.load_classifier(folder, num_labels=n_labels, seed=seed)
                 claims.train(setup, "homodistil", student, cfg.prune, sparsity=budget, seed=seed,
-                             teacher=models.load_saved(teacher_dir))
+                             teacher=pretrained.load_saved(teacher_dir))
                 metrics = claims.evaluate(setup, student, f"{variant}-{budget}-{seed}")
                 runs.setdefault(f"{variant}@{budget}", []).append(metrics | {"distil_s": distil_s})
             nonzero = runs[f"homodistil@{budget}"][-1]["model_nonzero_params"]
             sparsity = gmp_sparsity_for(teacher_dir, nonzero)
             log(f"gmp_equal_nonzero budget={budget} seed={seed}: sparsity {sparsity:.4f}")
-            student = models.load_classifier(teacher_dir, num_labels=n_labels, seed=seed)
+            student = pretrained.load_classifier(teacher_dir, num_labels=n_labels, seed=seed)
             claims.train(setup, "gmp", student, cfg.prune, sparsity=sparsity, seed=seed, options=gmp_options)
             metrics = claims.evaluate(setup, student, f"gmp-{budget}-{seed}")
             runs.setdefault(f"gmp_equal_nonzero@{budget}", []).append(metrics | {"gmp_sparsity": sparsity})

@@ -7,7 +7,7 @@ budgets of 0.5, 0.25 and 0.15 of the full model (pruning.structured.target_width
 dims shrunk, whole heads), masks keep the groups of largest weight magnitude (any fixed
 choice times the same). Three models are timed at batch 1 and 32, sequence length 128:
 the dense teacher, the masked-but-unsliced copy (teacher shapes, zeros: should be ~1.0x)
-and the physically sliced compact model. Each forward is infra.evaluation.latency_ms with
+and the physically sliced compact model. Each forward is infra.evaluate.evaluation.latency_ms with
 one repeat (one warm-up, one timed pass); all models take turns within each round, in a
 rotating order, so drift on a shared machine hits them alike. Speedup is the median of the
 per-round teacher/model ratios; FLOP ratio is teacher/sliced FLOPs of one forward counted
@@ -34,7 +34,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils import flop_counter
 
-from infra import evaluation, models
+from infra.evaluate import evaluation
+from infra.models import pretrained
 from pruning.accounting import count_params
 from pruning.compact import Widths
 from pruning.structured import StructuredMasks, group_layout, select_masks, target_widths
@@ -163,7 +164,7 @@ def batch_row(times: dict[str, list[float]], fraction: float, flops: dict[str, i
 
 
 def measure(repeats: int, log, multiple_of: int) -> dict:
-    teacher = models.load_classifier(models.resolve_model_dir(MODEL), num_labels=2).eval()
+    teacher = pretrained.load_classifier(pretrained.resolve_model_dir(MODEL), num_labels=2).eval()
     vocab, full_params = teacher.config.vocab_size, count_params(teacher)
     named, budgets = {"teacher": teacher}, {}
     for fraction in KEEP_FRACTIONS:

@@ -4,7 +4,7 @@
 #   worker (default): join the Ray cluster at RAY_ADDRESS as a node with no CPUs and no GPUs,
 #     then run the Prefect worker. A Ray driver (here: each flow run) must run on a node of
 #     its cluster; with no resources of its own this node never receives training work.
-#     The work pool is created from infra/prefect/work-pool.json if the server lacks it.
+#     The work pool is created from infra/stack/prefect/work-pool.json if the server lacks it.
 #   anything else: run it as given (the compose stack's Prefect server uses this image with
 #     `prefect server start ...`).
 set -eu
@@ -20,5 +20,5 @@ if [ -n "${RAY_ADDRESS:-}" ]; then
 fi
 exec prefect worker start \
     --pool "${PRUNEGRID_WORK_POOL:-prunegrid-process}" --type process \
-    --base-job-template "${PRUNEGRID_ROOT}/infra/prefect/work-pool.json" \
+    --base-job-template "${PRUNEGRID_ROOT}/infra/stack/prefect/work-pool.json" \
     --with-healthcheck --install-policy never "$@"

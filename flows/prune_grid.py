@@ -15,14 +15,16 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from infra import preflight, ray_cluster, report
-from infra.config import ConfigError, load_config
+from infra.experiment import preflight
+from infra.train import cluster
+from infra.evaluate import report
+from infra.experiment.config import ConfigError, load_config
 from infra.data import DataError
-from infra.grid import distil_job, expand_grid, teacher_job
-from infra.local_stack import LocalStack, StackError
-from infra.models import ModelError
-from infra.settings import Settings, apply_offline_env
-from infra.tracking import TrackingError, check_reachable
+from infra.experiment.grid import distil_job, expand_grid, teacher_job
+from infra.stack.local_stack import LocalStack, StackError
+from infra.models.pretrained import ModelError
+from infra.experiment.settings import Settings, apply_offline_env
+from infra.track.tracking import TrackingError, check_reachable
 from tasks.evaluate import evaluate
 from tasks.grid import close_grid, open_grid
 from tasks import cache
@@ -49,7 +51,7 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     settings = Settings.from_env()
     apply_offline_env(settings.allow_hub)
     ctx = open_grid(cfg, config, _tracking_uri(settings))
-    started = ray_cluster.connect(settings)
+    started = cluster.connect(settings)
     frames: list[pd.DataFrame] = []
     failed: list[str] = []
     try:
@@ -60,7 +62,7 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
         close_grid(ctx, "", "", [f"{type(error).__name__}: {error}"])
         raise
     finally:
-        ray_cluster.disconnect(started)
+        cluster.disconnect(started)
     table = pd.concat(frames)
     markdown = report.to_markdown(table)
     close_grid(ctx, markdown, table.to_csv(index=False), failed)
@@ -133,7 +135,7 @@ def _window(jobs, submit, failed: list[str]) -> list:
     if not jobs:
         return []
     compute = jobs[0].compute
-    slots = ray_cluster.job_slots(compute.num_workers, compute.cpus_per_worker, compute.use_gpu)
+    slots = cluster.job_slots(compute.num_workers, compute.cpus_per_worker, compute.use_gpu)
     pending, running, trained = list(jobs), {}, []
     while pending or running:
         while pending and len(running) < slots:

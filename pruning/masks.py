@@ -143,7 +143,7 @@ def apply_masks(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> No
 def masks_checksum(masks: dict[str, Tensor]) -> int:
     """A 63-bit digest of bool masks (names and kept positions), stable across processes.
 
-    DDP ranks compare it to prove they prune the same entries (infra.training).
+    DDP ranks compare it to prove they prune the same entries (infra.train.ray_job).
     """
     digest = hashlib.sha256()
     for name in sorted(masks):

@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect.filesystems import LocalFileSystem
 
-from infra.provenance import code_version
+from infra.experiment.provenance import code_version
 
 
 def key(kind: str, *parts: object) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import task
 
-from infra import preflight, tracking
-from infra.config import ExperimentConfig
-from infra.grid import job_hash
-from infra.jobs import GridContext
-from infra.provenance import code_version, library_versions
-from infra.settings import Settings
+from infra.experiment import preflight
+from infra.track import tracking
+from infra.experiment.config import ExperimentConfig
+from infra.experiment.grid import job_hash
+from infra.experiment.jobs import GridContext
+from infra.experiment.provenance import code_version, library_versions
+from infra.experiment.settings import Settings
 
 
 @task(name="open-grid")

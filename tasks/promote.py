@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import task
 
-from infra import jobs
-from infra.config import RegistrySpec
-from infra.jobs import EvalRecord, GridContext, Promotion
+from infra.experiment import jobs
+from infra.experiment.config import RegistrySpec
+from infra.experiment.jobs import EvalRecord, GridContext, Promotion
 
 
 @task(name="register-and-promote", task_run_name="register-and-promote-{task_name}",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import task
 
-from infra import jobs
-from infra.corpus import CorpusRef
+from infra.experiment import jobs
+from infra.data.corpus import CorpusRef
 from infra.data import DatasetRef
-from infra.grid import JobSpec
-from infra.jobs import GridContext
-from infra.tracking import ModelRef
+from infra.experiment.grid import JobSpec
+from infra.experiment.jobs import GridContext
+from infra.track.tracking import ModelRef
 from tasks import cache
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.local_stack import LocalStack, ServiceInfo
-from infra.settings import OFFLINE_ENV
+from infra.stack.local_stack import LocalStack, ServiceInfo
+from infra.experiment.settings import OFFLINE_ENV
 
 # Servers the developer may have exported for `make demo`; tests must not write to them.
 _OUTSIDE_SERVERS = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_API_KEY", "RAY_ADDRESS")

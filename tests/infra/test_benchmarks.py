@@ -13,9 +13,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast  # noqa: E402
 
-from infra import benchmarks, data, evaluation, models  # noqa: E402
-from infra.config import ConfigError, TaskSpec, parse_config  # noqa: E402
-from infra.preflight import split_spec, task_source  # noqa: E402
+from infra.data import benchmarks
+from infra import data
+from infra.evaluate import evaluation
+from infra.models import pretrained  # noqa: E402
+from infra.experiment.config import ConfigError, TaskSpec, parse_config  # noqa: E402
+from infra.experiment.preflight import split_spec, task_source  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GLUE, XGLUE = FIXTURES / "glue", FIXTURES / "xglue"
@@ -226,9 +229,9 @@ def test_evaluate_logs_regression_and_second_dev_set(tokenizer, tmp_path: Path) 
     for subset, expect in (("stsb", {"dev_pearson", "test_spearman", "test_score"}),
                            ("mnli", {"dev_accuracy", "test_accuracy", "test_mm_accuracy", "test_mm_score"})):
         ref = data.prepare(task_source(spec(subset)), data.SplitSpec(0.25, 0.0), tokenizer, 32, tmp_path)
-        model = models.load_classifier(str(FIXTURES / "tiny-bert"), num_labels=ref.num_labels, init="random")
+        model = pretrained.load_classifier(str(FIXTURES / "tiny-bert"), num_labels=ref.num_labels, init="random")
         out = tmp_path / f"model-{subset}"
-        models.save_model(model, tokenizer, out)
+        pretrained.save_model(model, tokenizer, out)
         metrics = evaluation.evaluate(str(out), ref, batch_size=8, latency=latency)
         assert expect <= set(metrics), sorted(metrics)
         assert all(-1.0 <= metrics[k] <= 1.0 for k in expect)

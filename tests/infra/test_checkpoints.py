@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
 
-from infra import checkpoints
+from infra.train import checkpoints
 from pruning.methods import build_method
 
 STEPS, CUT, PER_EPOCH = 12, 5, 4

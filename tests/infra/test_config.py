@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import ConfigError, load_config, parse_config
-from infra.grid import expand_grid, teacher_job
+from infra.experiment.config import ConfigError, load_config, parse_config
+from infra.experiment.grid import expand_grid, teacher_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "tests/fixtures/configs").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""infra/data.py: loading, validation, splitting, prepared parquet, batching. Offline, < 30 s."""
+"""infra/data/__init__.py: loading, validation, splitting, prepared parquet, batching. Offline, < 30 s."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_fixtures_are_reproducible_and_covered_by_the_vocab(tmp_path: Path, toke
 
 
 def test_fixture_dir_loads_as_a_pretrained_tokenizer(tokenizer) -> None:
-    from transformers import AutoTokenizer  # what infra/models.py will do with the dir
+    from transformers import AutoTokenizer  # what infra/models/pretrained.py will do with the dir
 
     auto = AutoTokenizer.from_pretrained(FIXTURES / "tiny-bert")
     text = "The film was Wonderful and moving ."

@@ -26,9 +26,9 @@ DOCKER = ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-K8S = ROOT / "infra" / "k8s"
-RAY_UP = ROOT / "infra" / "ray" / "cluster.yaml"
-WORK_POOL = ROOT / "infra" / "prefect" / "work-pool.json"
+K8S = ROOT / "infra" / "stack" / "k8s"
+RAY_UP = ROOT / "infra" / "stack" / "ray" / "cluster.yaml"
+WORK_POOL = ROOT / "infra" / "stack" / "prefect" / "work-pool.json"
 RAYCLUSTER_SCHEMA = Path(__file__).parent / "schemas" / "raycluster-v1.json"
 K8S_VERSION = "1.33.0"
 DOCKER_CLI = Path(shutil.which("docker") or "/usr/local/bin/docker")
@@ -219,7 +219,7 @@ def test_work_pool_template_is_a_valid_process_pool() -> None:
     from prefect.server.schemas.actions import WorkPoolCreate, validate_base_job_template
     from prefect.workers.process import ProcessWorker
 
-    from infra.settings import OFFLINE_ENV
+    from infra.experiment.settings import OFFLINE_ENV
 
     template = json.loads(WORK_POOL.read_text())
     validate_base_job_template(template)

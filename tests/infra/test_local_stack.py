@@ -1,4 +1,4 @@
-"""Real MLflow, Prefect and Ray servers on loopback, started and stopped by infra.local_stack."""
+"""Real MLflow, Prefect and Ray servers on loopback, started and stopped by infra.stack.local_stack."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import local_stack as ls
-from infra.local_stack import PROJECT_ROOT, LocalStack, ServiceInfo, StackError
+from infra.stack import local_stack as ls
+from infra.stack.local_stack import PROJECT_ROOT, LocalStack, ServiceInfo, StackError
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_cli_up_replaces_a_stale_pid_outlives_the_cli_and_down_leaves_nothing(
         env = {**os.environ, "PRUNEGRID_HOME": str(home), "PRUNEGRID_MLFLOW_PORT": "0"}
 
         def cli(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "infra.local_stack", *args],
+            return subprocess.run([sys.executable, "-m", "infra.stack.local_stack", *args],
                                   cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                                   timeout=300)
 

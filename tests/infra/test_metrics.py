@@ -1,4 +1,4 @@
-"""infra/metrics.py: every metric against a value worked out by hand (the sums are in comments)."""
+"""infra/evaluate/metrics.py: every metric against a value worked out by hand (the sums are in comments)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from infra import metrics
+from infra.evaluate import metrics
 
 # Binary case used throughout: tp = 2 (rows 0, 3), tn = 1 (row 1), fp = 1 (row 2), fn = 1 (row 4).
 PRED = [1, 0, 1, 1, 0]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.mlflow_auth import AuthError, ensure_user, write_config
-from infra.ray_cluster import _worker_env
-from infra.settings import Settings
+from infra.stack.mlflow_auth import AuthError, ensure_user, write_config
+from infra.train.cluster import _worker_env
+from infra.experiment.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "mlflow-entrypoint.sh"

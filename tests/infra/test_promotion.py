@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.registry import CHAMPION, Candidate, budget_alias, choose, passes_gate
+from infra.track.registry import CHAMPION, Candidate, budget_alias, choose, passes_gate
 
 
 def cand(version: str, target: float, metric: float) -> Candidate:
@@ -40,7 +40,7 @@ def test_best_metric_wins_within_a_budget_and_choice_is_deterministic() -> None:
 
 
 def test_cross_lingual_tasks_are_gated_on_the_language_average_unless_told_otherwise() -> None:
-    from infra.config import GateSpec, TaskSpec
+    from infra.experiment.config import GateSpec, TaskSpec
 
     pawsx = TaskSpec(name="p", source="xglue", subset="pawsx", languages=("de",))
     english = TaskSpec(name="r", source="file", path="reviews.csv")

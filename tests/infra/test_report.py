@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from infra.jobs import EvalRecord
-from infra.report import results_frame, to_markdown
-from infra.tracking import ModelRef
+from infra.experiment.jobs import EvalRecord
+from infra.evaluate.report import results_frame, to_markdown
+from infra.track.tracking import ModelRef
 
 
 def record(job: str, method: str, target: float, metrics: dict[str, float]) -> EvalRecord:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.tracking import client
+from infra.track.tracking import client
 from flows.prune_grid import main
 from tests.integration.helpers import TINY, flow_env, run_grid
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.tracking import client
+from infra.track.tracking import client
 from tests.integration.helpers import ROOT, TINY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import load_config
-from infra.grid import expand_grid, teacher_job
-from infra.tracking import client
+from infra.experiment.config import load_config
+from infra.experiment.grid import expand_grid, teacher_job
+from infra.track.tracking import client
 from tests.integration.helpers import ROOT, TINY, flow_env, free_port
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def _kill_cluster(port: int, temp: Path) -> None:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """`ray start` head (no CPUs) + one worker node with 2 CPUs, both on 127.0.0.1, token auth
-    on (as infra/ray/cluster.yaml sets it up); yields what a driver needs in its environment."""
+    on (as infra/stack/ray/cluster.yaml sets it up); yields what a driver needs in its environment."""
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="pgx-", dir="/tmp"))  # unix socket paths stay short
     token = temp / "auth_token"
@@ -62,7 +62,7 @@ def ray_cluster():
                         f"--temp-dir={temp}"], env=env, check=True, capture_output=True, timeout=180)
         subprocess.run([*ray, f"--address=127.0.0.1:{port}", "--num-cpus=2"], env=env, check=True,
                        capture_output=True, timeout=180)
-        # The driver stays on loopback when it joins (infra.local_stack sets the same).
+        # The driver stays on loopback when it joins (infra.stack.local_stack sets the same).
         yield auth | {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     finally:
         _kill_cluster(port, temp)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.tracking import client
+from infra.track.tracking import client
 from tests.integration.helpers import ROOT, flow_env, run_grid
 
 pytestmark = pytest.mark.integration

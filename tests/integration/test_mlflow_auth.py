@@ -1,5 +1,5 @@
 """A real `mlflow server --app-name basic-auth` on loopback: anonymous writes are refused,
-the pipeline's own write path (infra.tracking, credentials from the environment) succeeds."""
+the pipeline's own write path (infra.track.tracking, credentials from the environment) succeeds."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import tracking
-from infra.mlflow_auth import basic_auth, ensure_user, write_config
-from infra.settings import OFFLINE_ENV
+from infra.track import tracking
+from infra.stack.mlflow_auth import basic_auth, ensure_user, write_config
+from infra.experiment.settings import OFFLINE_ENV
 from tests.integration.helpers import free_port
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import registry
-from infra.tracking import ModelRef, client
+from infra.track import registry
+from infra.track.tracking import ModelRef, client
 from tests.integration.helpers import (TINY, dns_questions, flow_env, non_loopback_questions,
                                        off_loopback, remote_addresses, run_grid)
 

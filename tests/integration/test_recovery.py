@@ -21,14 +21,19 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from infra import checkpoints, data, jobs, models, tracking, training
-from infra.config import load_config
-from infra.grid import expand_grid
-from infra.jobs import GridContext
-from infra.tracking import ModelRef, client
-from infra.preflight import split_spec, task_source
-from infra.ray_cluster import ensure_bootstrap_file
-from infra.settings import OFFLINE_ENV
+from infra.train import checkpoints
+from infra import data
+from infra.experiment import jobs
+from infra.models import pretrained
+from infra.track import tracking
+from infra.train import ray_job
+from infra.experiment.config import load_config
+from infra.experiment.grid import expand_grid
+from infra.experiment.jobs import GridContext
+from infra.track.tracking import ModelRef, client
+from infra.experiment.preflight import split_spec, task_source
+from infra.train.cluster import ensure_bootstrap_file
+from infra.experiment.settings import OFFLINE_ENV
 from tests.integration.helpers import ROOT, TINY, free_port
 
 pytestmark = pytest.mark.integration
@@ -65,22 +70,22 @@ def cluster():
 def dataset(tmp_path_factory) -> data.DatasetRef:
     spec = load_config(TINY).tasks[0]
     spec = spec.model_copy(update={"path": str(ROOT / spec.path)})
-    return data.prepare(task_source(spec), split_spec(spec), models.load_tokenizer(TINY_BERT), 32,
+    return data.prepare(task_source(spec), split_spec(spec), pretrained.load_tokenizer(TINY_BERT), 32,
                         tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
     """A tiny classifier to prune (random weights: what is measured here is recovery, not accuracy)."""
-    model = models.load_classifier(TINY_BERT, num_labels=2, init="random", seed=0)
+    model = pretrained.load_classifier(TINY_BERT, num_labels=2, init="random", seed=0)
     out = tmp_path_factory.mktemp("teacher") / "model"
-    return str(models.save_model(model, models.load_tokenizer(TINY_BERT), out))
+    return str(pretrained.save_model(model, pretrained.load_tokenizer(TINY_BERT), out))
 
 
 @pytest.fixture
-def args(dataset: data.DatasetRef, teacher: str) -> training.JobArgs:
+def args(dataset: data.DatasetRef, teacher: str) -> ray_job.JobArgs:
     # ~6 batches an epoch: 24 epochs are 144 steps, long enough to interrupt mid-job.
-    return training.JobArgs(
+    return ray_job.JobArgs(
         job_id="recovery", method="gmp", sparsity=0.5, seed=0, options={"update_every": 4},
         data_path=dataset.path, pretrained=TINY_BERT, init="random", teacher_dir=teacher, epochs=24,
         batch_size=16, learning_rate=1e-3, weight_decay=0.01, warmup_fraction=0.0, max_grad_norm=1.0,
@@ -88,7 +93,7 @@ def args(dataset: data.DatasetRef, teacher: str) -> training.JobArgs:
 
 
 def _run(args, tmp: Path, name: str, *, workers: int = 1, max_failures: int = 2) -> Path:
-    return training.run_job(args, run_name=name, num_workers=workers, cpus_per_worker=1, use_gpu=False,
+    return ray_job.run_job(args, run_name=name, num_workers=workers, cpus_per_worker=1, use_gpu=False,
                             max_failures=max_failures, storage_path=tmp / "ray", out_dir=tmp / name)
 
 
@@ -200,7 +205,7 @@ def test_d_retries_exhausted_fail_cleanly_and_leave_nothing_running(cluster, dat
             _checkpoint_count_reaches(tmp_path / "home" / "ray_results", attempt + 1)
             (worker,) = _running_workers(1)
             os.kill(worker.pid, signal.SIGKILL)
-        with pytest.raises(training.TrainingError) as error:
+        with pytest.raises(ray_job.TrainingError) as error:
             future.result(timeout=300)
     message = str(error.value)
     assert f"job {job.job_id}" in message and "died" in message, message

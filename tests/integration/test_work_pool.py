@@ -1,5 +1,5 @@
 """The worker image's entry point against a real Prefect server: it creates the work pool
-from infra/prefect/work-pool.json (prefect.yaml's deployment itself: test_deployment.py)."""
+from infra/stack/prefect/work-pool.json (prefect.yaml's deployment itself: test_deployment.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.local_stack import ServiceInfo
+from infra.stack.local_stack import ServiceInfo
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def test_worker_entrypoint_creates_the_pool_from_its_template(prefect_server: Se
                            env=env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     pool = json.loads(shown.stdout)
-    template = json.loads((ROOT / "infra" / "prefect" / "work-pool.json").read_text())
+    template = json.loads((ROOT / "infra" / "stack" / "prefect" / "work-pool.json").read_text())
     assert pool["type"] == "process"
     assert pool["base_job_template"]["variables"]["properties"]["env"]["default"] == \
         template["variables"]["properties"]["env"]["default"]

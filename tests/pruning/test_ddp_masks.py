@@ -1,7 +1,7 @@
 """Under DDP every rank prunes exactly the same weights, for every pruning method.
 
 Two processes (gloo on loopback) train the same tiny model on different batches, as data
-parallel workers do, through the same hook order as infra.training's loop. Masks come
+parallel workers do, through the same hook order as infra.train.ray_job's loop. Masks come
 from weights or gradients that DDP keeps identical, so the checksums must agree; a method
 that ranked on per-rank statistics (its own batch's gradients) would fail here.
 """

@@ -249,7 +249,7 @@ def test_compact_finetune_trains_the_exported_xlm_roberta_classifier(tiny_robert
     _run(method, _optimizer(method), range(TOTAL_STEPS), batch=_roberta_batch)
     export = method.export().eval()
     export.save_pretrained(tmp_path)
-    torch.manual_seed(1)  # the new head, as infra.models.load_classifier seeds it
+    torch.manual_seed(1)  # the new head, as infra.models.pretrained.load_classifier seeds it
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
     assert isinstance(student, CompactBertForSequenceClassification)
     assert student.config.layout == "roberta" and student.bert.pooler is None

@@ -77,7 +77,7 @@ def test_unstructured_methods_prune_an_xlm_roberta_classifier(tiny_roberta, make
     head = copy.deepcopy(student.classifier.state_dict())
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(1)
-    for step in range(6):  # the loop's order (infra/training.py)
+    for step in range(6):  # the loop's order (infra/train/ray_job.py)
         method.on_step_start(step)
         loss, logs = method.loss(student, make_roberta_batch(generator))
         assert torch.isfinite(loss) and all(math.isfinite(v) for v in logs.values()), logs

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.config import load_config, parse_config
+from infra.experiment.config import load_config, parse_config
 from infra.data import DatasetRef
-from infra.grid import expand_grid, teacher_job
-from infra.tracking import ModelRef
+from infra.experiment.grid import expand_grid, teacher_job
+from infra.track.tracking import ModelRef
 from tasks import cache
 
 ROOT = Path(__file__).resolve().parents[2]
