@@ -26,6 +26,10 @@ MetricName = Literal["accuracy", "f1", "matthews_correlation", "pearson", "spear
 
 HUB_IDS: dict[str, str] = {"glue": "nyu-mll/glue", "xglue": "microsoft/xglue"}
 
+# What a plain task (packaged or file data, no registry entry) reports, and what its score averages.
+CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "f1_macro")
+CLASSIFICATION_SCORE: tuple[str, ...] = ("accuracy",)
+
 
 class BenchmarkError(ValueError):
     """An unknown benchmark task or language; the message lists the known ones."""

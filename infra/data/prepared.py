@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from infra.data.benchmarks import CLASSIFICATION_METRICS, CLASSIFICATION_SCORE
 from infra.data.sources import DataError, SplitSpec, TaskSource, is_regression, label_values, load_raw, validate
 from infra.data.splits import SPLITS, model_splits
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 SplitName = Literal["train", "dev", "test"]  # benchmarks add test_mm, test_<lang>, ...
 FORMAT_VERSION = 1  # bump when the on-disk layout or the hash recipe changes
-CLASSIFICATION_METRICS = ("accuracy", "f1_macro")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class DatasetRef:
     label_values: tuple[int, ...]  # () for regression
     sizes: tuple[tuple[str, int], ...]
     metrics: tuple[str, ...] = CLASSIFICATION_METRICS  # names in infra.evaluate.metrics
-    score: tuple[str, ...] = ("accuracy",)  # `score` is their mean
+    score: tuple[str, ...] = CLASSIFICATION_SCORE  # `score` is their mean
     languages: tuple[tuple[str, str], ...] = ()  # (split, language) of a cross-lingual task's eval sets
 
     @property

@@ -53,12 +53,6 @@ def predict(model: nn.Module, table, batch_size: int, pad_token_id: int) -> tupl
     return torch.cat(preds), torch.cat(golds)
 
 
-def classification_metrics(pred: torch.Tensor, gold: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro-F1 over integer labels."""
-    p, g = pred.numpy(), gold.numpy()
-    return {"accuracy": metrics.accuracy(p, g), "f1_macro": metrics.f1_macro(p, g)}
-
-
 def task_metrics(ref: data.DatasetRef, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
                  ) -> dict[str, float]:
     """`<split>_<metric>` for every split and every metric of the task, plus `<split>_score`; a

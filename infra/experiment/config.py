@@ -15,9 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from infra.data import benchmarks
 from pruning.methods import MethodName, method_options
 
-# What a plain (packaged or file) classification task reports; mirrors infra.data.prepared.
-CLASSIFICATION_METRICS = ("accuracy", "f1_macro")
-
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -107,7 +104,7 @@ class TaskSpec(Frozen):
     def metric_names(self) -> tuple[str, ...]:
         """The dev_* metrics evaluation will log for this task (promotion can gate on any)."""
         task = self.benchmark_task()
-        names = (*(task.metrics if task else CLASSIFICATION_METRICS), "score")
+        names = (*(task.metrics if task else benchmarks.CLASSIFICATION_METRICS), "score")
         if task and task.languages:  # cross-lingual: the means over languages too
             names += tuple(f"avg_{name}" for name in names)
         return names
