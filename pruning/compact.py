@@ -6,6 +6,8 @@ the result has `layer_num_heads[i]` heads of `layer_head_size[i]` and
 `layer_intermediate_size[i]` FFN neurons, all on a (possibly smaller) global
 `hidden_size`. The modules are transformers' own BERT modules with resized
 nn.Linear layers, so parameter names match BertModel's and weights load as usual.
+The sizes (Widths) and the config that stores them (CompactBertConfig) are in
+pruning.compact_config; this module builds the model they describe.
 
 RoBERTa and XLM-R encoders have the same layers; config `layout` "roberta" gives
 the compact model their embeddings (position ids from the input ids) and their
@@ -25,16 +27,12 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
-from typing import Literal
 
-import torch
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
-    BertConfig,
     BertForSequenceClassification,
     BertModel,
 )
@@ -50,119 +48,11 @@ from transformers.models.bert.modeling_bert import (
 from transformers.models.roberta.modeling_roberta import RobertaClassificationHead
 from transformers.utils import can_return_tuple
 
-from pruning.layouts import LAYOUTS, CompactRobertaEmbeddings, layout_of
-
-
-AttentionUnit = Literal["heads", "inner"]
-ATTENTION_UNITS: tuple[AttentionUnit, ...] = ("heads", "inner")
-
-
-@dataclass(frozen=True)
-class Widths:
-    """The sizes of a (compact) BERT: global hidden width, then one entry per layer."""
-
-    hidden: int
-    heads: tuple[int, ...]
-    head_size: tuple[int, ...]
-    ffn: tuple[int, ...]
-
-    @classmethod
-    def of_config(cls, config: BertConfig) -> Widths:
-        """The widths a BertConfig or CompactBertConfig describes."""
-        if isinstance(config, CompactBertConfig):
-            return cls(config.hidden_size, tuple(config.layer_num_heads),
-                       tuple(config.layer_head_size), tuple(config.layer_intermediate_size))
-        n, heads = config.num_hidden_layers, config.num_attention_heads
-        return cls(config.hidden_size, (heads,) * n, (config.hidden_size // heads,) * n,
-                   (config.intermediate_size,) * n)
-
-    def attention(self) -> tuple[int, ...]:
-        """Per layer inner attention width: heads * head_size."""
-        return tuple(h * s for h, s in zip(self.heads, self.head_size))
-
-    def to_config(self, config: BertConfig, *, scaling_head_size: int | None) -> CompactBertConfig:
-        """A CompactBertConfig of these widths, every other field from `config`."""
-        fields = config.to_dict()
-        for key in ("model_type", "architectures", "transformers_version", "layer_num_heads",
-                    "layer_head_size", "layer_intermediate_size", "scaling_head_size", "layout"):
-            fields.pop(key, None)
-        return CompactBertConfig(**fields | {
-            "hidden_size": self.hidden, "layer_num_heads": list(self.heads),
-            "layer_head_size": list(self.head_size), "layer_intermediate_size": list(self.ffn),
-            "scaling_head_size": scaling_head_size, "layout": layout_of(config)})
-
-
-def count_params_for(config: BertConfig, widths: Widths, *, pooler: bool = True,
-                     num_labels: int = 0) -> int:
-    """What pruning.accounting.count_params gives for a model of `widths`, without building it.
-
-    Counts embeddings (word, position, token type, LayerNorm), every layer, the pooler
-    when `pooler`, and a classifier of `num_labels` outputs (0: none, as BertModel).
-    """
-    h = widths.hidden
-    total = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
-    for a, f in zip(widths.attention(), widths.ffn):
-        # W_q, W_k, W_v with biases; W_o and its bias; FFN in and out; two LayerNorms.
-        total += 3 * (a * h + a) + (a * h + h) + (2 * f * h + f + h) + 4 * h
-    if pooler:
-        total += h * h + h
-    return total + num_labels * (h + 1)
-
-
-def encoder_macs(widths: Widths, seq_len: int) -> int:
-    """Multiply-accumulates of the encoder layers for one sequence of `seq_len` tokens.
-
-    Per layer: the Q, K, V and output projections (4 a h per token), the FFN (2 h f per
-    token) and the two attention products (2 T a per token); embeddings, LayerNorms
-    and softmax are left out as negligible.
-    """
-    per_token = sum(4 * a * widths.hidden + 2 * widths.hidden * f + 2 * seq_len * a
-                    for a, f in zip(widths.attention(), widths.ffn))
-    return seq_len * per_token
-
-
-class CompactBertConfig(BertConfig):
-    """BertConfig with per-layer widths; lists default to the uniform BERT widths.
-
-    Fields beyond BertConfig (one entry per layer):
-      layer_num_heads: heads in layer i (0 allowed: the attention adds only its bias).
-      layer_head_size: width of each head in layer i (same for every head of a layer).
-      layer_intermediate_size: FFN neurons in layer i (0 allowed).
-      scaling_head_size: the head size whose 1/sqrt sets the attention scaling; a model
-        sliced from BERT keeps the original head's (pruning inner dimensions must not
-        change the softmax temperature). None: each layer's own head size.
-      layout: "bert" (the default, so compact models saved before it existed load as
-        they were): BERT's embeddings (position ids 0..T-1), pooler and linear
-        classifier. "roberta" (sliced from RoBERTa / XLM-R): RoBERTa's embeddings
-        (position ids count the non-pad tokens from pad_token_id + 1; pad tokens get
-        pad_token_id) and classification head (CompactBertForSequenceClassification).
-    """
-
-    model_type = "compact-bert"
-
-    layer_num_heads: list[int] | None = None
-    layer_head_size: list[int] | None = None
-    layer_intermediate_size: list[int] | None = None
-    scaling_head_size: int | None = None
-    layout: str = "bert"
-
-    def __post_init__(self, **kwargs) -> None:
-        super().__post_init__(**kwargs)
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        n = self.num_hidden_layers
-        if self.layer_num_heads is None:
-            self.layer_num_heads = [self.num_attention_heads] * n
-        if self.layer_head_size is None:
-            self.layer_head_size = [self.hidden_size // max(self.num_attention_heads, 1)] * n
-        if self.layer_intermediate_size is None:
-            self.layer_intermediate_size = [self.intermediate_size] * n
-        for name in ("layer_num_heads", "layer_head_size", "layer_intermediate_size"):
-            values = [int(v) for v in getattr(self, name)]
-            if len(values) != n or min(values, default=0) < 0:
-                raise ValueError(
-                    f"{name} must hold {n} non-negative sizes (num_hidden_layers), got {values}")
-            setattr(self, name, values)
+# The counts and the config moved to modules of their own; importing them from here
+# keeps working (they are part of this module's public names, __all__).
+from pruning.accounting import count_params_for, encoder_macs
+from pruning.compact_config import ATTENTION_UNITS, AttentionUnit, CompactBertConfig, Widths
+from pruning.layouts import CompactRobertaEmbeddings
 
 
 class CompactBertSelfAttention(BertSelfAttention):

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from transformers import BertConfig
 
 from pruning.masks import keep_mask, masks_checksum, sensitivity_scores
-from pruning.compact import ATTENTION_UNITS, AttentionUnit, Widths, count_params_for
+from pruning.accounting import count_params_for
+from pruning.compact_config import ATTENTION_UNITS, AttentionUnit, Widths
 
 # (parameter-name pattern, [(dim, group)]); "attention" and "ffn" get the layer index.
 _LAYER = r"(?:^|\.)encoder\.layer\.(?P<layer>\d+)\."
