@@ -9,7 +9,10 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests/fixtures/configs/tiny.yaml"
@@ -35,6 +38,16 @@ def flow_env(home: Path, tracking_uri: str) -> dict[str, str]:
     })
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     return env
+
+
+def write_config(tmp_path: Path, name: str, change: Callable[[dict], None]) -> Path:
+    """The tiny config named `name`, edited in place by `change`, written under `tmp_path`."""
+    data = yaml.safe_load(TINY.read_text())
+    data["name"] = name
+    change(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def run_grid(config: Path, env: dict[str, str], *, timeout: float = 900,
