@@ -11,11 +11,11 @@ read back and batched).
 from infra.data.prepared import (
     FORMAT_VERSION, DatasetRef, SplitName, batches, load_ref, num_batches, prepare, read_split,
 )
-from infra.data.sources import DataError, SplitSpec, TaskSource, label_values, load_raw, pair_column, validate
-from infra.data.splits import SPLITS, cap, model_splits, split
+from infra.data.sources import DataError, TaskSource, label_values, load_raw, pair_column, validate
+from infra.data.splits import SPLITS, SplitPlan, cap, model_splits, split
 
 __all__ = [
-    "FORMAT_VERSION", "SPLITS", "DataError", "DatasetRef", "SplitName", "SplitSpec", "TaskSource",
+    "FORMAT_VERSION", "SPLITS", "DataError", "DatasetRef", "SplitName", "SplitPlan", "TaskSource",
     "batches", "cap", "label_values", "load_raw", "load_ref", "model_splits", "num_batches",
     "pair_column", "prepare", "read_split", "split", "validate",
 ]

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import torch
 
 from infra.data.benchmarks import CLASSIFICATION_METRICS, CLASSIFICATION_SCORE
-from infra.data.sources import DataError, SplitSpec, TaskSource, is_regression, label_values, load_raw, validate
-from infra.data.splits import SPLITS, model_splits
+from infra.data.sources import DataError, TaskSource, is_regression, label_values, load_raw, validate
+from infra.data.splits import SPLITS, SplitPlan, model_splits
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _reuse(final: Path, digest: str) -> DatasetRef | None:
     return ref
 
 
-def prepare(source: TaskSource, spec: SplitSpec, tokenizer: Any, max_length: int, out_root: Path,
+def prepare(source: TaskSource, spec: SplitPlan, tokenizer: Any, max_length: int, out_root: Path,
             allow_hub: bool = False) -> DatasetRef:
     """load_raw -> validate -> split -> tokenise -> parquet under out_root/<task>-<hash[:12]>/ (reused
     when already there)."""

@@ -31,24 +31,21 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSource:
+    """Where a task's rows come from and which columns hold what: the loader's plain arguments.
+
+    Built from a config's TaskSpec by infra.experiment.preflight.task_source, which fills
+    in the schema's defaults and a registry task's columns; no field has a default here.
+    """
+
     name: str
     kind: Literal["packaged", "file", "glue", "xglue"]
-    path: str | None = None
-    subset: str | None = None
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    labels: tuple[int, ...] | None = None
-    task: BenchmarkTask | None = None  # a registry task: its splits, label names, metrics
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    dev_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 13
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None  # caps dev and test each
+    path: str | None
+    subset: str | None
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    labels: tuple[int, ...] | None
+    task: BenchmarkTask | None  # a registry task: its splits, label names, metrics
 
 
 def pair_column(task: BenchmarkTask) -> str | None:

@@ -8,13 +8,26 @@ dev and test sets per language (see infra/data/benchmarks.py).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from infra.data.sources import DataError, SplitSpec, TaskSource
+from infra.data.sources import DataError, TaskSource
 
 SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How to split a task's rows: the splitter's plain arguments, built from a config's
+    `split` by infra.experiment.preflight.split_spec (the defaults live in the schema)."""
+
+    dev_fraction: float
+    test_fraction: float
+    seed: int
+    max_train_examples: int | None
+    max_eval_examples: int | None  # caps dev and test each
 
 
 def _allocate(counts: dict[int, int], total: int) -> dict[int, int]:
@@ -43,7 +56,7 @@ def _take(parts: dict[int, np.ndarray], cap: int | None) -> np.ndarray:
     return np.sort(np.concatenate([np.empty(0, np.int64), *parts.values()]))
 
 
-def _check_spec(spec: SplitSpec) -> None:
+def _check_spec(spec: SplitPlan) -> None:
     fractions = (spec.dev_fraction, spec.test_fraction)
     if min(fractions) < 0 or sum(fractions) >= 1:
         raise DataError(f"split fractions dev={spec.dev_fraction} test={spec.test_fraction}: each must be "
@@ -54,7 +67,7 @@ def _check_spec(spec: SplitSpec) -> None:
             raise DataError(f"split {name}={cap}: must be a positive number or null")
 
 
-def split(frame: pd.DataFrame, spec: SplitSpec) -> dict[str, pd.DataFrame]:
+def split(frame: pd.DataFrame, spec: SplitPlan) -> dict[str, pd.DataFrame]:
     """Train/dev/test, stratified by label and fixed by spec.seed. Rows keep the input's index
     and order; caps take a stratified random subset of each split."""
     _check_spec(spec)
@@ -80,7 +93,7 @@ def cap(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     return frame.iloc[_take(_by_class(frame["label"].to_numpy(), np.random.default_rng(seed)), limit)]
 
 
-def model_splits(frame: pd.DataFrame, source: TaskSource, spec: SplitSpec) -> dict[str, pd.DataFrame]:
+def model_splits(frame: pd.DataFrame, source: TaskSource, spec: SplitPlan) -> dict[str, pd.DataFrame]:
     """The splits a model sees: train, dev, test, then a benchmark's further evaluation sets."""
     if source.kind not in ("glue", "xglue"):
         return split(frame, spec)
@@ -91,8 +104,7 @@ def model_splits(frame: pd.DataFrame, source: TaskSource, spec: SplitSpec) -> di
     if any(name == "dev" for name, _ in evals):  # the benchmark has a labelled dev set of its own
         parts = {"train": cap(train, spec.max_train_examples, spec.seed)}
     else:
-        parts = split(train, SplitSpec(spec.dev_fraction, 0.0, spec.seed, spec.max_train_examples,
-                                       spec.max_eval_examples))
+        parts = split(train, replace(spec, test_fraction=0.0))
     for name, file_split in evals:
         parts[name] = cap(frame[frame["glue_split"] == file_split], spec.max_eval_examples, spec.seed)
     return {name: parts[name] for name in (*SPLITS, *parts) if name in parts}  # train, dev, test first

@@ -27,9 +27,10 @@ def task_source(spec: TaskSpec) -> data.TaskSource:
                            task=task, **columns)
 
 
-def split_spec(spec: TaskSpec) -> data.SplitSpec:
+def split_spec(spec: TaskSpec) -> data.SplitPlan:
+    """Plain splitter arguments from the task's `split` config."""
     s = spec.split
-    return data.SplitSpec(dev_fraction=s.dev_fraction, test_fraction=s.test_fraction, seed=s.seed,
+    return data.SplitPlan(dev_fraction=s.dev_fraction, test_fraction=s.test_fraction, seed=s.seed,
                           max_train_examples=s.max_train_examples, max_eval_examples=s.max_eval_examples)
 
 

