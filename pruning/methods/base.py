@@ -1,19 +1,24 @@
 """The interface every pruning method implements, and the shared mask bookkeeping.
 
-The training loop (infra/, under Ray Train with DDP) only ever calls the
-`PruningMethod` hooks, so a new method never changes the loop:
+The training loop (infra/train/loop.py, run by the Ray Train workers with DDP and by the
+benchmarks) only ever calls the `PruningMethod` hooks, so a new method never changes
+the loop:
 
+    model = DDP(method.module)              # what the optimizer trains; the student by default
     for step in range(start, total_steps):
         method.on_step_start(step)          # mask updates when the schedule says so
-        loss, logs = method.loss(ddp_model, batch)
-        loss.backward(); optimizer.step(); optimizer.zero_grad()
-        method.on_step_end(step)            # pruned weights back to exactly 0
+        loss, logs = method.loss(model, batch)
+        loss.backward(); clip(method.module); optimizer.step(); scheduler.step()
+        method.on_step_end(step)            # pruned weights back to exactly 0 (gradients still there)
+        optimizer.zero_grad()
+    checkpoints: method.state_dict() / load_state_dict(), method.mask_checksum() compared across ranks
+    the end: method.export() is saved, method.recovery (if any) beside it
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -34,30 +39,64 @@ _MASK_PREFIX = "mask."
 _RECOVERY_PREFIX = "recovery."
 
 
-@runtime_checkable
-class PruningMethod(Protocol):
-    """What the training loop needs from a method; see the module docstring."""
+class PruningMethod(abc.ABC):
+    """What the training loop calls on a method; see the module docstring.
 
-    name: str
+    A subclass implements `loss`; every other hook has a default that fits a method
+    without masks (plain fine-tuning).
+    """
+
+    name: str = "custom"  # the registry name (pruning.methods); subclasses set theirs
     student: nn.Module  # the unwrapped model being trained; masks live on it
+    # Mask updates and the task loss after each (pruning.analysis); None: not recorded.
+    recovery: RecoveryTracker | None = None
+    _module: nn.Module | None = None
+
+    def __init__(self, student: nn.Module) -> None:
+        self.student = student
+
+    @property
+    def module(self) -> nn.Module:
+        """What the optimizer trains and DDP wraps: the student, unless a method trains more
+        (HomoDistil's hidden-state projections) and sets `self.module` to it."""
+        return self.student if self._module is None else self._module
+
+    @module.setter
+    def module(self, value: nn.Module) -> None:
+        self._module = value
 
     def on_step_start(self, step: int) -> None:
         """Before the forward pass of optimizer step `step` (0-based steps done so far)."""
 
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Scalar loss and small float logs; `model` is the possibly DDP-wrapped student."""
+        """Scalar loss [] and small float logs; `model` is `self.module`, possibly DDP-wrapped."""
 
     def on_step_end(self, step: int) -> None:
-        """After optimizer.step(): undo whatever the optimizer did to pruned weights."""
+        """After optimizer.step(), before zero_grad(): undo what the optimizer did to pruned
+        weights; gradients are still there for scores that read them."""
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Everything needed to resume, tensors only (safetensors-compatible)."""
+        """Everything needed to resume beyond the module and optimizer, tensors only
+        (safetensors-compatible); none by default."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what `state_dict` returned."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got keys {sorted(state)}")
 
     def target_sparsity(self) -> float:
-        """The final encoder sparsity this method aims for."""
+        """The final encoder sparsity this method aims for; 0 for a method that does not prune."""
+        return 0.0
+
+    def export(self) -> nn.Module:
+        """The model to save when training ends: the student, or a sliced copy of it."""
+        return self.student
+
+    def mask_checksum(self) -> int | None:
+        """A 63-bit digest of the masks, equal on every DDP rank; None: the method has no masks."""
+        return None
 
 
 def task_loss(model: nn.Module, batch: Batch) -> Tensor:
@@ -76,7 +115,7 @@ def task_loss(model: nn.Module, batch: Batch) -> Tensor:
     return loss
 
 
-class MaskedMethod(abc.ABC):
+class MaskedMethod(PruningMethod):
     """Unstructured masks on the encoder linear weights, updated on a CubicSchedule.
 
     Subclasses add `loss` (and may override `importance_scores`); the schedule,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from pruning.methods.base import Batch, task_loss
+from pruning.methods.base import Batch, PruningMethod, task_loss
 
 
-class Dense:
+class Dense(PruningMethod):
     """Fine-tune every weight on the task loss; sparsity 0. Subclasses change `loss`."""
 
     name = "dense"

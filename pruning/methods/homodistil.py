@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pruning import losses
 from pruning.compact import ATTENTION_UNITS, AttentionUnit, CompactBertModel, Widths, count_params_for
-from pruning.methods.base import Batch, task_loss
+from pruning.methods.base import Batch, PruningMethod, task_loss
 from pruning.methods.dense import Dense
 from pruning.methods.sparsebert import capture_attention_scores
 from pruning.schedules import CubicSchedule, cubic_sparsity
@@ -99,7 +99,7 @@ class DistillationModule(nn.Module):
         return {"hidden_states": projected, "attention_scores": list(scores)}
 
 
-class HomotopicDistiller:
+class HomotopicDistiller(PruningMethod):
     """Stage a: prune a copy of the pre-trained encoder while distilling the original.
 
     `student`, `teacher`: BertModel, RobertaModel or XLMRobertaModel (no head) with the
