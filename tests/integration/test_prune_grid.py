@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.experiment.config import load_config
 from infra.track import registry
 from infra.track.tracking import ModelRef, client
 from tests.integration.helpers import (TINY, dns_questions, flow_env, non_loopback_questions,
@@ -16,6 +17,15 @@ from tests.integration.helpers import (TINY, dns_questions, flow_env, non_loopba
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny-tiny_reviews"  # registry.model_name of the tiny config
+# The gate the run promoted under, read from the config it ran: the tests follow the config.
+CONFIG = load_config(TINY)
+GATE = CONFIG.registry.gate
+METRIC = CONFIG.tasks[0].gate_metric(GATE)  # the dev metric tag the gate compares
+
+
+def _candidate(version: str, tags: dict[str, str]) -> registry.Candidate:
+    return registry.Candidate(version, tags["job_id"], float(tags["target_sparsity"]),
+                              float(tags["encoder_sparsity"]), float(tags[METRIC]))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,8 @@ def test_champion_passes_the_gate_at_the_highest_passing_sparsity(grid_run) -> N
     teacher = next(t for t in versions.values() if t["method"] == "dense")
     for alias, version in aliases.items():
         assert versions[version]["passed_gate"] == "true", alias
-        assert float(versions[version]["dev_accuracy"]) >= float(teacher["dev_accuracy"]) - 0.05 - 1e-9
+        assert registry.passes_gate(_candidate(version, versions[version]), float(teacher[METRIC]),
+                                    GATE.max_drop), alias
     passing = [float(t["target_sparsity"]) for t in versions.values() if t["passed_gate"] == "true"]
     assert float(versions[aliases["champion"]]["target_sparsity"]) == max(passing)
     for version, tags in versions.items():
@@ -89,11 +100,9 @@ def test_promoting_twice_changes_nothing(grid_run) -> None:
     for v in versions:  # registering the same run again returns the same version
         ref = ModelRef(v.tags["job_id"], v.run_id, "model", "")
         assert registry.register(grid_run["uri"], MODEL, ref, {}) == v.version
-    candidates = [registry.Candidate(v.version, v.tags["job_id"], float(v.tags["target_sparsity"]),
-                                     float(v.tags["encoder_sparsity"]), float(v.tags["dev_accuracy"]))
-                  for v in versions]
-    teacher = next(float(v.tags["dev_accuracy"]) for v in versions if v.tags["method"] == "dense")
-    chosen = registry.choose(candidates, teacher, 0.05)
+    candidates = [_candidate(v.version, v.tags) for v in versions]
+    teacher = next(float(v.tags[METRIC]) for v in versions if v.tags["method"] == "dense")
+    chosen = registry.choose(candidates, teacher, GATE.max_drop)
     registry.promote(grid_run["uri"], MODEL, chosen, list(before))
     assert dict(mlflow.get_registered_model(MODEL).aliases) == before
     assert len(mlflow.search_model_versions(f"name = '{MODEL}'")) == len(versions)
