@@ -1,7 +1,7 @@
 """Encoder layouts: what differs between BERT and RoBERTa / XLM-R encoders.
 
 Both have the same encoder layers (`encoder.layer.<i>.`, the same parameter names),
-so grouping, masking and slicing (pruning.structured, pruning.surgery) treat them
+so grouping, masking and slicing (pruning.groups, pruning.surgery) treat them
 alike. They differ in three places, handled here and where named:
   - prefix: the classifier holds its encoder as `bert` or `roberta`;
   - embeddings: RoBERTa counts position ids from pad_token_id + 1 over the non-pad

@@ -2,7 +2,7 @@
 
 `apply_structured_masks` keeps a regular BERT's shapes and makes it compute exactly
 what `slice_model` computes with the pruned rows, columns, heads and hidden dims
-physically removed; both read pruning.structured.group_layout. The sliced model is a
+physically removed; both read pruning.groups.group_layout. The sliced model is a
 pruning.compact model that saves as safetensors and loads through the Auto classes.
 RoBERTa / XLM-R encoders and classifiers are handled alike (pruning.layouts): the
 compact model takes their layout, so it keeps their position ids and head.
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning.compact import CompactBertForSequenceClassification, CompactBertModel
+from pruning.groups import StructuredMasks, group_layout
 from pruning.layouts import to_compact_prefix
-from pruning.structured import StructuredMasks, group_layout
 
 
 class MaskedLayerNorm(nn.LayerNorm):
