@@ -39,10 +39,10 @@ def check(cfg: ExperimentConfig, tracking_uri: str | None, allow_hub: bool) -> s
 
     Raises ModelError, DataError or TrackingError naming the problem; nothing is started.
     """
-    pretrained = pretrained.resolve_model_dir(cfg.model.name, allow_hub=allow_hub)
+    model_dir = pretrained.resolve_model_dir(cfg.model.name, allow_hub=allow_hub)
     for spec in cfg.tasks:
         source = task_source(spec)
         data.validate(data.load_raw(source, allow_hub=allow_hub), source)
     if tracking_uri is not None:
         tracking.check_reachable(tracking_uri)
-    return pretrained
+    return model_dir

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.data import DataError
+from infra.experiment import preflight
 from infra.experiment.config import ConfigError, load_config, parse_config
 from infra.experiment.grid import expand_grid, teacher_job
 
@@ -91,3 +93,13 @@ def test_changing_one_value_changes_only_what_depends_on_it() -> None:
     old = {j.job_id for j in expand_grid(base, task)}
     new = {j.job_id for j in expand_grid(changed, changed.tasks[0])}
     assert old.isdisjoint(new)
+
+
+def test_preflight_finds_the_model_and_names_missing_data(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)  # the fixture's paths are relative to the repository root
+    data = yaml.safe_load((ROOT / "tests/fixtures/configs/tiny.yaml").read_text())
+    model_dir = preflight.check(parse_config(data), None, allow_hub=False)
+    assert model_dir == str(ROOT / "tests/fixtures/tiny-bert")
+    data["tasks"][0]["path"] = str(tmp_path / "gone.csv")
+    with pytest.raises(DataError, match="gone.csv not found"):
+        preflight.check(parse_config(data), None, allow_hub=False)
