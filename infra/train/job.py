@@ -1,0 +1,83 @@
+"""One training job: its plain arguments (sent to every Ray worker) and what a worker builds
+from them (the train table and the method around its student). No Ray here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from infra import data
+from infra.data import corpus
+from infra.models import pretrained
+from infra.train import loop
+from pruning.methods import METHOD_SPECS, PruningMethod, build_distiller, build_method
+
+
+class TrainingError(RuntimeError):
+    """A training job failed for good (retries exhausted); names the job and the cause."""
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """Plain arguments of one job, built from the config by tasks/, sent to every worker."""
+
+    job_id: str
+    method: str
+    sparsity: float
+    seed: int
+    options: dict[str, object]
+    data_path: str  # prepared dataset directory (infra.data)
+    pretrained: str  # resolved pretrained model directory
+    init: str  # "pretrained" or "random"
+    teacher_dir: str | None  # the fine-tuned teacher (None for the teacher job itself)
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_fraction: float
+    max_grad_norm: float
+    checkpoint_every: int
+    log_every: int
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    stage: str = "task"  # "distil": a two-stage method's task-agnostic stage on a text corpus
+    student_dir: str | None = None  # the distilled student a "distilled" method starts from
+    threads_per_worker: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def _student_source(args: JobArgs) -> tuple[str, str]:
+    starts_from = METHOD_SPECS[args.method].starts_from
+    if starts_from in ("teacher", "distilled"):
+        source = args.teacher_dir if starts_from == "teacher" else args.student_dir
+        if source is None:
+            raise TrainingError(f"method '{args.method}' starts from the {starts_from} model, "
+                                "but none was given")
+        return source, "pretrained"
+    return args.pretrained, args.init
+
+
+def build_job(args: JobArgs, world: int) -> tuple[pa.Table, PruningMethod, int, str]:
+    """What a worker of `world` trains: the train table, the method (with its student),
+    batches per epoch (per rank), and the folder whose tokenizer the final model is saved with."""
+    distil = args.stage == "distil"  # task-agnostic: unlabelled corpus, bare encoders
+    ref = None if distil else data.load_ref(args.data_path)
+    table = corpus.read_corpus(args.data_path) if ref is None else data.read_split(ref, "train")
+    per_epoch = data.num_batches(table, args.batch_size, world_size=world, drop_last=True)
+    if per_epoch == 0:
+        raise TrainingError(f"job {args.job_id}: the train split has {table.num_rows} examples, "
+                            f"fewer than one batch of {args.batch_size} x {world} workers")
+    total = loop.total_steps(args.epochs, per_epoch)
+    if ref is None:
+        student = pretrained.load_encoder(args.pretrained, init=args.init, seed=args.seed)
+        teacher = pretrained.load_encoder(args.pretrained, init=args.init, seed=args.seed)
+        method = build_distiller(args.method, student, teacher=teacher, total_steps=total,
+                                 final_sparsity=args.sparsity, options=args.options)
+        return table, method, per_epoch, args.pretrained
+    source, init = _student_source(args)
+    student = pretrained.load_classifier(source, num_labels=ref.num_labels, init=init, seed=args.seed)
+    teacher = pretrained.load_saved(args.teacher_dir) if METHOD_SPECS[args.method].needs_teacher else None
+    method = build_method(args.method, student, teacher=teacher, total_steps=total,
+                          final_sparsity=args.sparsity, options=args.options)
+    return table, method, per_epoch, source

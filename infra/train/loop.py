@@ -1,0 +1,122 @@
+"""The one training step and the one fit loop, plain PyTorch (no Ray).
+
+The Ray Train worker (infra.train.ray_job) and the benchmarks (bench/) both train through
+here, so a recipe fix reaches both. A step, in this order:
+
+    method.on_step_start(step)              # mask updates when the schedule says so
+    loss, logs = method.loss(model, batch)  # model: method.module, possibly DDP-wrapped
+    (a NaN or infinite loss raises NonFiniteLossError, naming the job)
+    loss.backward(); clip the gradient norm of method.module
+    optimizer.step(); scheduler.step()
+    method.on_step_end(step)                # gradients still there: scores read them
+    optimizer.zero_grad(set_to_none=True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import get_constant_schedule, get_linear_schedule_with_warmup
+
+from pruning.methods import PruningMethod
+from pruning.methods.base import Batch
+
+# on_step(steps done so far, the step's loss [], its logs): after every optimizer step.
+StepHook = Callable[[int, Tensor, dict[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; raised at once so the job stops instead of training on."""
+
+
+def total_steps(epochs: float, batches_per_epoch: int) -> int:
+    """Optimizer steps of `epochs` (may be fractional) passes of `batches_per_epoch`; at least 1."""
+    return max(1, math.ceil(epochs * batches_per_epoch))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups of `module`'s trainable parameters: matrices decayed, biases and
+    LayerNorm weights not (the standard BERT recipe)."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(module: nn.Module, *, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over `param_groups(module, weight_decay)`."""
+    return torch.optim.AdamW(param_groups(module, weight_decay), lr=learning_rate)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_fraction: float,
+                   constant: bool = False) -> LRScheduler:
+    """Linear warm-up over `warmup_fraction` of `total_steps`, then linear decay to 0; or a
+    constant rate (`constant`: SparseBERT's recipe)."""
+    if constant:
+        return get_constant_schedule(optimizer)
+    return get_linear_schedule_with_warmup(optimizer, int(warmup_fraction * total_steps), total_steps)
+
+
+def train_step(method: PruningMethod, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+               scheduler: LRScheduler | None, *, step: int, max_grad_norm: float, job: str = ""
+               ) -> tuple[Tensor, dict[str, float]]:
+    """One optimizer step `step` (0-based, steps done so far) of `method` on `batch`.
+
+    `model` is `method.module` or its DDP wrapper (calling the wrapper keeps the gradient
+    sync); `scheduler` None keeps the rate fixed (step-time benchmarks). Returns the loss []
+    and the method's logs. Raises NonFiniteLossError, naming `job` when given.
+    """
+    method.on_step_start(step)
+    loss, logs = method.loss(model, batch)
+    if not torch.isfinite(loss):
+        where = f"job {job}: " if job else ""
+        raise NonFiniteLossError(f"{where}loss is {loss.item()} at step {step} (method {method.name}); "
+                                 "lower the learning rate or check the data")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(method.module.parameters(), max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    # Gradients are still there: sensitivity scores (HomoDistil, PLATON) read them here.
+    method.on_step_end(step)
+    optimizer.zero_grad(set_to_none=True)
+    return loss, logs
+
+
+def stream_epochs(epoch_batches: Callable[[int], Iterable[Batch]], *, start: int, batches_per_epoch: int
+                  ) -> Iterator[Batch]:
+    """Batches for optimizer steps `start`, `start + 1`, ... without end: epoch e is
+    `epoch_batches(e)`; a start mid-epoch skips the batches that epoch already trained on."""
+    if batches_per_epoch < 1:
+        raise ValueError(f"an epoch needs at least one batch, got batches_per_epoch={batches_per_epoch}")
+    epoch, skip = divmod(start, batches_per_epoch)
+    while True:
+        for index, batch in enumerate(epoch_batches(epoch)):
+            if index >= skip:  # resume at the exact batch a checkpoint stopped before
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def fit(method: PruningMethod, model: nn.Module, batch_stream: Iterable[Batch], *, steps: int,
+        optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, max_grad_norm: float,
+        start: int = 0, on_step: StepHook | None = None, job: str = "") -> int:
+    """Train from step `start` until `steps` steps are done (or the stream ends); returns the
+    steps done. `model` is `method.module` or its DDP wrapper; `on_step` runs after each step."""
+    step = start
+    if step >= steps:
+        return step
+    model.train()
+    for batch in batch_stream:
+        loss, logs = train_step(method, model, batch, optimizer, scheduler, step=step,
+                                max_grad_norm=max_grad_norm, job=job)
+        step += 1
+        if on_step is not None:
+            on_step(step, loss, logs)
+        if step >= steps:
+            break
+    return step

@@ -1,0 +1,260 @@
+"""The one training step and fit loop (infra.train.loop), on a tiny BERT built from a config."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertForSequenceClassification
+
+from infra import data
+from infra.train import checkpoints, loop
+from pruning.methods import PruningMethod, build_method
+from pruning.methods.base import Batch, task_loss
+
+VOCAB, STEPS = 50, 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models only lose to thread overhead on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=2))
+
+
+def batch_at(step: int) -> Batch:
+    g = torch.Generator().manual_seed(step)
+    return {"input_ids": torch.randint(0, VOCAB, (4, 8), generator=g),
+            "attention_mask": torch.ones(4, 8, dtype=torch.long),
+            "labels": torch.randint(0, 2, (4,), generator=g)}
+
+
+class TaskOnly(PruningMethod):
+    """A method that implements nothing but `loss`: every other hook is the base's default."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        loss = task_loss(model, batch)
+        return loss, {"task_loss": float(loss.detach())}
+
+
+class Scaled(TaskOnly):
+    """The task loss times `factor`: NaN or huge losses on demand."""
+
+    def __init__(self, student: nn.Module, factor: float) -> None:
+        super().__init__(student)
+        self.factor = factor
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        loss, logs = super().loss(model, batch)
+        return loss * self.factor, logs
+
+
+def make_training(method: PruningMethod, *, lr: float = 1e-3, constant: bool = False):
+    optimizer = loop.make_optimizer(method.module, learning_rate=lr, weight_decay=0.01)
+    scheduler = loop.make_scheduler(optimizer, total_steps=STEPS, warmup_fraction=0.2, constant=constant)
+    return optimizer, scheduler
+
+
+def test_total_steps_round_up_and_never_reach_zero() -> None:
+    assert loop.total_steps(2.5, 5) == 13
+    assert loop.total_steps(1.0, 8) == 8
+    assert loop.total_steps(0.01, 3) == 1
+
+
+def test_biases_and_layernorm_weights_are_not_decayed() -> None:
+    model = tiny_bert()
+    decay, no_decay = loop.param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert any("LayerNorm.weight" in names[id(p)] for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_pruned_weights_stay_zero_after_a_step() -> None:
+    model = tiny_bert()
+    method = build_method("gmp", model, total_steps=STEPS, final_sparsity=0.6, options={"update_every": 2})
+    method.update_masks(method.schedule.end_step)  # final masks in place before the step
+    optimizer, scheduler = make_training(method, lr=1e-1, constant=True)  # AdamW moves every weight
+    before = {n: w.detach().clone() for n, w in method.params.items()}
+    loop.train_step(method, model, batch_at(0), optimizer, scheduler, step=STEPS, max_grad_norm=1.0)
+    for name, w in method.params.items():
+        mask = method.masks[name]
+        assert torch.all(w[~mask] == 0), name
+        assert not torch.equal(w[mask], before[name][mask]), name  # the kept weights did train
+    assert method.mask_checksum() is not None
+
+
+def test_a_non_finite_loss_stops_the_job_by_name_before_any_update() -> None:
+    model = tiny_bert()
+    method = Scaled(model, factor=math.nan)
+    optimizer, scheduler = make_training(method)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(loop.NonFiniteLossError, match=r"job abc123: loss is nan at step 7 .*learning rate"):
+        loop.train_step(method, model, batch_at(0), optimizer, scheduler, step=7, max_grad_norm=1.0,
+                        job="abc123")
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_the_gradient_norm_is_clipped() -> None:
+    model = tiny_bert()
+    method = Scaled(model, factor=1e4)  # a gradient norm far above the clip
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: the update is the gradient
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    loop.train_step(method, model, batch_at(0), optimizer, None, step=0, max_grad_norm=0.5)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert float((after - before).norm()) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_a_step_calls_the_hooks_in_the_workers_order() -> None:
+    seen: list[str] = []
+
+    class Recording(TaskOnly):
+        def on_step_start(self, step: int) -> None:
+            seen.append(f"start {step}")
+
+        def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+            seen.append("loss")
+            return super().loss(model, batch)
+
+        def on_step_end(self, step: int) -> None:
+            # After optimizer.step() and scheduler.step(), before zero_grad: gradients are there.
+            has_grads = all(p.grad is not None for p in self.student.parameters() if p.requires_grad)
+            seen.append(f"end {step} grads={has_grads} lr={scheduler.get_last_lr()[0]:.2e}")
+
+    model = tiny_bert()
+    method = Recording(model)
+    optimizer, scheduler = make_training(method)  # warm-up: the rate after step 0 is 1/2 of 1e-3
+    loop.train_step(method, model, batch_at(0), optimizer, scheduler, step=0, max_grad_norm=1.0)
+    assert seen == ["start 0", "loss", "end 0 grads=True lr=5.00e-04"]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def build(name: str, model: nn.Module) -> PruningMethod:
+    return build_method(name, model, teacher=tiny_bert(1), total_steps=STEPS,
+                        final_sparsity=0.0 if name == "dense" else 0.6,
+                        options={"update_every": 2} if name != "dense" else {})
+
+
+def _reference_run(name: str) -> tuple[list[float], list[Tensor]]:
+    """The worker's loop as it was written out before infra.train.loop existed."""
+    model = tiny_bert()
+    method = build(name, model)
+    optimizer, scheduler = make_training(method)
+    torch.manual_seed(0)
+    model.train()
+    losses = []
+    for step in range(STEPS):
+        method.on_step_start(step)
+        loss, _ = method.loss(model, batch_at(step))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        method.on_step_end(step)
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", ["dense", "gmp", "sdp"])
+def test_fit_matches_the_workers_loop_bit_for_bit(name: str) -> None:
+    expected_losses, expected_weights = _reference_run(name)
+    model = tiny_bert()
+    method = build(name, model)
+    optimizer, scheduler = make_training(method)
+    losses, steps_seen = [], []
+
+    def on_step(step: int, loss: Tensor, logs: dict[str, float]) -> None:
+        steps_seen.append(step)
+        losses.append(loss.item())
+
+    torch.manual_seed(0)
+    done = loop.fit(method, method.module, (batch_at(s) for s in range(100)), steps=STEPS,
+                    optimizer=optimizer, scheduler=scheduler, max_grad_norm=1.0, on_step=on_step)
+    assert done == STEPS and steps_seen == list(range(1, STEPS + 1))
+    assert losses == expected_losses
+    assert all(torch.equal(p, e) for p, e in zip(model.parameters(), expected_weights))
+
+
+def test_fit_lowers_the_loss_on_a_repeated_batch() -> None:
+    model = tiny_bert()
+    method = TaskOnly(model)
+    optimizer, scheduler = make_training(method, lr=1e-3, constant=True)
+    losses: list[float] = []
+    loop.fit(method, model, (batch_at(0) for _ in range(30)), steps=30, optimizer=optimizer,
+             scheduler=scheduler, max_grad_norm=1.0, on_step=lambda s, loss, logs: losses.append(loss.item()))
+    assert len(losses) == 30 and losses[-1] < 0.5 * losses[0]
+
+
+def test_fit_from_a_finished_run_takes_no_step_and_a_short_stream_ends_early() -> None:
+    model = tiny_bert()
+    method = TaskOnly(model)
+    optimizer, scheduler = make_training(method)
+    kwargs = dict(optimizer=optimizer, scheduler=scheduler, max_grad_norm=1.0)
+    assert loop.fit(method, model, iter([batch_at(0)]), steps=STEPS, start=STEPS, **kwargs) == STEPS
+    assert scheduler.last_epoch == 0  # nothing stepped
+    assert loop.fit(method, model, iter([batch_at(0), batch_at(1)]), steps=STEPS, start=3, **kwargs) == 5
+
+
+def test_a_resumed_stream_continues_at_the_exact_batch() -> None:
+    rng = np.random.default_rng(0)
+    table = pa.table({"input_ids": pa.array([list(rng.integers(2, VOCAB, 6)) for _ in range(10)],
+                                            pa.list_(pa.int64())),
+                      "label": pa.array(rng.integers(0, 2, 10))})
+    per_epoch = data.num_batches(table, 3, drop_last=True)  # 3 batches, 1 example left out
+
+    def epoch(e: int):
+        return data.batches(table, 3, shuffle=True, seed=0, epoch=e, drop_last=True)
+
+    def first(n: int, start: int) -> list[list[int]]:
+        stream = loop.stream_epochs(epoch, start=start, batches_per_epoch=per_epoch)
+        return [next(stream)["input_ids"][:, 0].tolist() for _ in range(n)]
+
+    straight = first(8, start=0)
+    assert first(4, start=4) == straight[4:]  # epoch 1, its second batch on
+    assert straight[:3] != straight[3:6]  # each epoch reshuffles
+    with pytest.raises(ValueError, match="at least one batch"):
+        next(loop.stream_epochs(epoch, start=0, batches_per_epoch=0))
+
+
+def test_a_method_that_only_implements_loss_satisfies_the_loop(tmp_path: Path) -> None:
+    model = tiny_bert()
+    method = TaskOnly(model)
+    assert method.module is model and method.export() is model
+    assert method.mask_checksum() is None and method.recovery is None
+    assert method.target_sparsity() == 0.0 and method.state_dict() == {}
+    optimizer, scheduler = make_training(method)
+    loop.fit(method, method.module, (batch_at(s) for s in range(3)), steps=3, optimizer=optimizer,
+             scheduler=scheduler, max_grad_norm=1.0)
+    where = checkpoints.position(3, 3, 1)
+    checkpoints.save(tmp_path, module=method.module, method_state=method.state_dict(), optimizer=optimizer,
+                     scheduler=scheduler, where=where)
+    fresh = TaskOnly(tiny_bert(5))
+    optimizer, scheduler = make_training(fresh)
+    checkpoints.load(tmp_path, module=fresh.module, method=fresh, optimizer=optimizer, scheduler=scheduler,
+                     batches_per_epoch=3, world_size=1)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.student.parameters(), model.parameters()))
+    with pytest.raises(ValueError, match="keeps no state"):
+        fresh.load_state_dict({"step": torch.tensor(1)})
+
+
+def test_a_method_without_loss_cannot_be_built() -> None:
+    class NoLoss(PruningMethod):
+        pass
+
+    with pytest.raises(TypeError, match="loss"):
+        NoLoss(tiny_bert())
