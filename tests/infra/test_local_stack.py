@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack import local_stack as ls
+from infra.stack import processes
 from infra.stack.local_stack import PROJECT_ROOT, LocalStack, ServiceInfo, StackError
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,7 @@ def test_cli_up_replaces_a_stale_pid_outlives_the_cli_and_down_leaves_nothing(
 
         down = cli("down")
         assert down.returncode == 0, down.stderr
-        assert _gone(info.pid) and ls.group_members(info.pid) == []
+        assert _gone(info.pid) and processes.group_members(info.pid) == []
         assert not (root / "mlflow.pid").exists()
         assert "mlflow          down" in cli("status").stdout
         assert bystander.poll() is None
@@ -163,8 +164,8 @@ def test_prefect_server_and_worker_come_up_show_in_status_and_stop_worker_first(
         assert f"export PREFECT_API_URL={server.url}/api" in capsys.readouterr().out
 
         stopped: list[int] = []
-        real_stop = ls._stop_group
-        monkeypatch.setattr(ls, "_stop_group", lambda pgid, *args, **kwargs: (
+        real_stop = processes.stop_group
+        monkeypatch.setattr(processes, "stop_group", lambda pgid, *args, **kwargs: (
             stopped.append(pgid), real_stop(pgid, *args, **kwargs)))
         stack.down()
         assert stopped == [worker.pid, server.pid]
@@ -202,13 +203,13 @@ def test_ray_head_listens_on_loopback_only_and_serves_a_driver(tmp_path: Path) -
                        ready_timeout_s=180)
     try:
         info = stack.up(["ray"])["ray"]
-        addresses = _listening_addresses(ls.group_members(info.pid))
+        addresses = _listening_addresses(processes.group_members(info.pid))
         assert addresses and addresses <= _LOOPBACK_HEX, addresses
         assert stack.ray_token.stat().st_mode & 0o777 == 0o600
         # The dashboard answers 503 while one of its GCS health probes is late (a busy
         # machine): healthy means it answers 200 again within seconds.
         deadline = time.monotonic() + 30
-        while ls._http(f"{info.url}/api/gcs_healthz")[0] != 200:
+        while processes.http(f"{info.url}/api/gcs_healthz")[0] != 200:
             assert time.monotonic() < deadline, "the Ray dashboard did not report GCS healthy"
             time.sleep(0.5)
 
@@ -221,7 +222,7 @@ def test_ray_head_listens_on_loopback_only_and_serves_a_driver(tmp_path: Path) -
         assert driver.stdout.split()[-1:] == ["42"], driver.stderr[-3000:]
 
         stack.down(["ray"])
-        assert _gone(info.pid) and ls.group_members(info.pid) == []
-        assert not stack._ray_tmp().exists()
+        assert _gone(info.pid) and processes.group_members(info.pid) == []
+        assert not stack.ray_tmp.exists()
     finally:
         stack.down()
