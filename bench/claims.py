@@ -134,8 +134,8 @@ def fit(method, student: nn.Module, table, spec: TrainSpec, *, seed: int, consta
 def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> dict[str, float]:
     """infra.evaluate.evaluation.evaluate on the saved model (latency kept minimal: not measured here)."""
     folder = pretrained.save_model(model, setup.tokenizer, setup.work / "models" / name)
-    latency = evaluation.LatencySpec(batch_sizes=(1,), seq_len=64, repeats=1, threads=setup.threads)
-    metrics = evaluation.evaluate(str(folder), setup.ref, batch_size=64, latency=latency)
+    metrics = evaluation.evaluate(str(folder), setup.ref, batch_size=64, latency_batch_sizes=(1,),
+                                  latency_seq_len=64, latency_repeats=1, latency_threads=setup.threads)
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
     return metrics

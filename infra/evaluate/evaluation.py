@@ -9,7 +9,6 @@ from __future__ import annotations
 import statistics
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,6 @@ from pruning.accounting import count_params, encoder_sparsity, model_nonzero_par
 from pruning.analysis import fisher_criterion, silhouette_score, weight_snr
 
 SEPARABILITY_POINTS = 2000  # dev examples at most: the silhouette builds an [N, N] matrix
-
-
-@dataclass(frozen=True)
-class LatencySpec:
-    batch_sizes: tuple[int, ...] = (1, 32)
-    seq_len: int = 128
-    repeats: int = 10
-    threads: int = 1
 
 
 @torch.inference_mode()
@@ -124,8 +115,23 @@ def size_metrics(model_dir: Path) -> dict[str, float]:
     }
 
 
-def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency: LatencySpec) -> dict[str, float]:
-    """All metrics of one saved model as a flat dict (MLflow metric names)."""
+def latency_metrics(model: nn.Module, batch_sizes: tuple[int, ...], seq_len: int, repeats: int,
+                    threads: int) -> dict[str, float]:
+    """`latency_ms_b<B>` for each batch size, on `threads` CPU threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        seq_len = min(seq_len, model.config.max_position_embeddings)
+        return {f"latency_ms_b{b}": latency_ms(model, b, seq_len, repeats, model.config.vocab_size)
+                for b in batch_sizes}
+    finally:
+        torch.set_num_threads(before)
+
+
+def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency_batch_sizes: tuple[int, ...],
+             latency_seq_len: int, latency_repeats: int, latency_threads: int) -> dict[str, float]:
+    """All metrics of one saved model as a flat dict (MLflow metric names); the arguments are
+    the fields of the config's `evaluation` block."""
     model = pretrained.load_saved(model_dir)
     pad = getattr(model.config, "pad_token_id", 0) or 0
     predictions = {split: predict(model, data.read_split(ref, split), batch_size, pad)
@@ -138,13 +144,5 @@ def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency: 
     }
     results |= size_metrics(Path(model_dir))
     results |= analysis_metrics(model, ref, batch_size, pad)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(latency.threads)
-    try:
-        seq_len = min(latency.seq_len, model.config.max_position_embeddings)
-        for b in latency.batch_sizes:
-            results[f"latency_ms_b{b}"] = latency_ms(model, b, seq_len, latency.repeats,
-                                                     model.config.vocab_size)
-    finally:
-        torch.set_num_threads(threads)
-    return results
+    return results | latency_metrics(model, latency_batch_sizes, latency_seq_len, latency_repeats,
+                                     latency_threads)

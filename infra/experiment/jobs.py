@@ -129,9 +129,10 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
 def evaluate(job: JobSpec, model: ModelRef, dataset: DatasetRef, ctx: GridContext,
              spec: EvalSpec) -> EvalRecord:
     """Evaluate one trained model and log the metrics to its run."""
-    latency = evaluation.LatencySpec(spec.latency_batch_sizes, spec.latency_seq_len,
-                                     spec.latency_repeats, spec.latency_threads)
-    metrics = evaluation.evaluate(model.local_dir, dataset, batch_size=spec.batch_size, latency=latency)
+    metrics = evaluation.evaluate(
+        model.local_dir, dataset, batch_size=spec.batch_size, latency_batch_sizes=spec.latency_batch_sizes,
+        latency_seq_len=spec.latency_seq_len, latency_repeats=spec.latency_repeats,
+        latency_threads=spec.latency_threads)
     tracking.log_metrics(ctx.tracking_uri, model.run_id, metrics)
     return EvalRecord(job.job_id, job.label, job.method, job.sparsity, model,
                       tuple(sorted(metrics.items())))

@@ -230,13 +230,13 @@ def test_task_metrics_use_the_task_official_metrics() -> None:
 
 
 def test_evaluate_logs_regression_and_second_dev_set(tokenizer, tmp_path: Path) -> None:
-    latency = evaluation.LatencySpec(batch_sizes=(1,), seq_len=8, repeats=1)
+    latency = {"latency_batch_sizes": (1,), "latency_seq_len": 8, "latency_repeats": 1, "latency_threads": 1}
     for subset, expect in (("stsb", {"dev_pearson", "test_spearman", "test_score"}),
                            ("mnli", {"dev_accuracy", "test_accuracy", "test_mm_accuracy", "test_mm_score"})):
         ref = data.prepare(task_source(spec(subset)), plan(0.25), tokenizer, 32, tmp_path)
         model = pretrained.load_classifier(str(FIXTURES / "tiny-bert"), num_labels=ref.num_labels, init="random")
         out = tmp_path / f"model-{subset}"
         pretrained.save_model(model, tokenizer, out)
-        metrics = evaluation.evaluate(str(out), ref, batch_size=8, latency=latency)
+        metrics = evaluation.evaluate(str(out), ref, batch_size=8, **latency)
         assert expect <= set(metrics), sorted(metrics)
         assert all(-1.0 <= metrics[k] <= 1.0 for k in expect)
