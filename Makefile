@@ -29,9 +29,16 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 CONFIG ?= configs/demo.yaml
-# Two test processes (one test file each at a time): most of an integration test is waiting
-# on servers and Ray, so two overlap well on 2 cores; the slowest tests are listed at the end.
+# `make test` runs two tiers, split by marker so that every test runs exactly once (gpu tests
+# stay opt-in): the unit tier first, in one process (about a minute), so a broken unit fails
+# before the integration tier starts; then the integration tier in two processes (one test
+# file each at a time): most of an integration test is waiting on servers and Ray, so two
+# overlap well on 2 cores; the slowest tests are listed at the end.
+UNIT_ARGS ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
+# pytest exits 5 when it collects nothing; a tier that vanished (a marker or path gone wrong)
+# must fail `make test` and say so, not pass unnoticed.
+tier_failed = { rc=$$?; [ $$rc -ne 5 ] || echo "make test: the $(1) tier collected no tests (pytest exit 5)" >&2; exit $$rc; }
 
 .PHONY: venv demo xglue-demo test test-all ui up down status deploy clean
 
@@ -65,7 +72,8 @@ xglue-demo: venv
 
 test: venv
 	@mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not gpu" $(UNIT_ARGS) || $(call tier_failed,unit)
+	$(BIN)/python -m pytest -m "integration and not gpu" $(PYTEST_ARGS) || $(call tier_failed,integration)
 
 ui: venv
 	$(BIN)/python -m infra.stack.local_stack up --services mlflow
