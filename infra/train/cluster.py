@@ -1,43 +1,28 @@
 """Start or join the Ray cluster the training jobs run on.
 
 RAY_ADDRESS set: join that cluster. Unset: start a local one on loopback. A local start
-writes `~/ray_bootstrap_config.yaml` (`provider: {type: local}`) when it is missing,
-because without it Ray's dashboard asks cloud-metadata addresses which cloud it runs on
-at every start, and the pipeline must not send traffic off the machine. A local start
-also keeps Ray on 127.0.0.1: by default Ray binds the machine's outward address, found
-by a UDP "connect" to a public DNS server, and its processes talk to each other there.
+writes `~/ray_bootstrap_config.yaml` (`provider: {type: local}`) when it is missing
+(infra.stack.services.ensure_bootstrap_file says why). A local start also keeps Ray on
+127.0.0.1: by default Ray binds the machine's outward address, found by a UDP "connect" to
+a public DNS server, and its processes talk to each other there.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import ray
 
 from infra.experiment.settings import OFFLINE_ENV, Settings
-
-BOOTSTRAP = Path("~/ray_bootstrap_config.yaml")
-BOOTSTRAP_TEXT = (
-    "# Written by prunegrid: tells Ray's dashboard this is a local cluster, so it does not\n"
-    "# probe cloud-metadata addresses. Safe to keep; delete it if you use `ray up` here.\n"
-    "provider:\n  type: local\n"
-)
+from infra.stack.services import ensure_bootstrap_file
 
 
 class ClusterError(RuntimeError):
     """Ray could not be started or joined; names the address."""
 
 
-def ensure_bootstrap_file(home: Path | None = None) -> Path:
-    """The file that stops the metadata probe; never overwrites a user's own."""
-    path = (home / BOOTSTRAP.name) if home else BOOTSTRAP.expanduser()
-    if not path.exists():
-        path.write_text(BOOTSTRAP_TEXT)
-    return path
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The variables every Ray worker of this driver gets: offline switches, home, MLflow."""
     env = {k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()}
     # report() waits for the controller's poll; a short poll keeps short jobs short.
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -56,9 +41,9 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
     """Make sure this process is a Ray driver; True when this call started Ray."""
     if ray.is_initialized():
         return False
-    for key, value in _worker_env(settings).items():
+    for key, value in worker_env(settings).items():
         os.environ.setdefault(key, value)  # the controller runs with the driver's environment
-    runtime_env = {"env_vars": _worker_env(settings)}
+    runtime_env = {"env_vars": worker_env(settings)}
     try:
         if settings.ray_address:
             ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.stack.mlflow_auth import AuthError, ensure_user, write_config
-from infra.train.cluster import _worker_env
+from infra.train.cluster import worker_env
 from infra.experiment.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,13 +71,13 @@ def test_ensure_user_refuses_a_password_mlflow_would_refuse() -> None:
 
 
 def test_ray_workers_get_the_mlflow_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """ray_cluster.connect hands _worker_env to every Ray worker (runtime_env env_vars)."""
+    """cluster.connect hands worker_env to every Ray worker (runtime_env env_vars)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "prunegrid")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "a-long-pipeline-password")
-    env = _worker_env(Settings.from_env({"PRUNEGRID_HOME": str(tmp_path)}))
+    env = worker_env(Settings.from_env({"PRUNEGRID_HOME": str(tmp_path)}))
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["MLFLOW_TRACKING_USERNAME"] == "prunegrid"
     assert env["MLFLOW_TRACKING_PASSWORD"] == "a-long-pipeline-password"
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-    assert "MLFLOW_TRACKING_PASSWORD" not in _worker_env(Settings.from_env({"PRUNEGRID_HOME": str(tmp_path)}))
+    assert "MLFLOW_TRACKING_PASSWORD" not in worker_env(Settings.from_env({"PRUNEGRID_HOME": str(tmp_path)}))
