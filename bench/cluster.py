@@ -4,7 +4,8 @@
 
 Runs `--jobs` GMP jobs of the embedded default (all-MiniLM-L6-v2 on rotten_tomatoes,
 max_length 64, batch 32, one worker with one CPU each) as the flow does: as many at a time
-as Ray's resources hold (`cluster.job_slots`), the next one as each finishes.
+as Ray's resources hold (`cluster.job_slots`), the next one as each finishes
+(`cluster.run_window`, the flow's own scheduling).
 
 - parallel efficiency = (sum of the jobs' wall times / slots) / the grid's wall time.
   1.0 means the cluster never idled and running jobs side by side cost nothing; the
@@ -24,15 +25,14 @@ import os
 import platform
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import ray
 
 from infra import data
 from infra.models import pretrained
-from infra.train import cluster
-from infra.train import ray_job
+from infra.train import cluster, ray_job
 from infra.experiment.config import load_config
 from infra.experiment.preflight import split_spec, task_source
 from infra.experiment.settings import Settings, apply_offline_env
@@ -44,20 +44,20 @@ def _prepare(work: Path, examples: int) -> tuple[data.DatasetRef, str, str]:
     cfg = load_config(Path(__file__).parents[1] / "configs/demo.yaml")
     spec = cfg.tasks[0].model_copy(update={"split": cfg.tasks[0].split.model_copy(
         update={"max_train_examples": examples})})
-    pretrained = pretrained.resolve_model_dir(cfg.model.name)
-    tokenizer = pretrained.load_tokenizer(pretrained)
+    model_dir = pretrained.resolve_model_dir(cfg.model.name)
+    tokenizer = pretrained.load_tokenizer(model_dir)
     dataset = data.prepare(task_source(spec), split_spec(spec), tokenizer, 64, work / "data")
     # GMP prunes a fine-tuned teacher; for timing the pretrained encoder with a new head will do.
-    teacher = pretrained.load_classifier(pretrained, num_labels=dataset.num_labels, seed=0)
+    teacher = pretrained.load_classifier(model_dir, num_labels=dataset.num_labels, seed=0)
     teacher_dir = pretrained.save_model(teacher, tokenizer, work / "teacher")
-    return dataset, pretrained, str(teacher_dir)
+    return dataset, model_dir, str(teacher_dir)
 
 
-def _job(index: int, dataset, pretrained: str, teacher: str, checkpoint_every: int
-         ) -> ray_job.JobArgs:
+def _job(index: int, dataset: data.DatasetRef, model_dir: str, teacher: str,
+         checkpoint_every: int) -> ray_job.JobArgs:
     return ray_job.JobArgs(
         job_id=f"bench{index}", method="gmp", sparsity=0.5, seed=index, options={"update_every": 4},
-        data_path=dataset.path, pretrained=pretrained, init="pretrained", teacher_dir=teacher,
+        data_path=dataset.path, pretrained=model_dir, init="pretrained", teacher_dir=teacher,
         epochs=1.0, batch_size=32, learning_rate=5e-5, weight_decay=0.01, warmup_fraction=0.06,
         max_grad_norm=1.0, checkpoint_every=checkpoint_every, log_every=1000)
 
@@ -72,14 +72,16 @@ def _timed(args: ray_job.JobArgs, work: Path) -> dict:
 
 
 def _grid(jobs: list[ray_job.JobArgs], slots: int, work: Path) -> tuple[list[dict], float]:
+    """Every job's timings, run through the flow's window, and the grid's wall time."""
     began, done = time.perf_counter(), []
+
+    def settle(_job: ray_job.JobArgs, future: Future) -> None:
+        done.append(future.result())  # a failed job stops the bench
+
     with ThreadPoolExecutor(slots) as pool:
-        pending, running = list(jobs), set()
-        while pending or running:
-            while pending and len(running) < slots:
-                running.add(pool.submit(_timed, pending.pop(0), work))
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            done.extend(f.result() for f in finished)
+        # A short poll: the flow's 0.5 s would count as idle time against the cluster.
+        cluster.run_window(jobs, slots=slots, start=lambda job: pool.submit(_timed, job, work),
+                           is_done=Future.done, settle=settle, poll_s=0.05)
     return done, time.perf_counter() - began
 
 

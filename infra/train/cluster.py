@@ -1,4 +1,4 @@
-"""Start or join the Ray cluster the training jobs run on.
+"""Start or join the Ray cluster the training jobs run on, and run jobs side by side on it.
 
 RAY_ADDRESS set: join that cluster. Unset: start a local one on loopback. A local start
 writes `~/ray_bootstrap_config.yaml` (`provider: {type: local}`) when it is missing
@@ -10,11 +10,17 @@ a public DNS server, and its processes talk to each other there.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import ray
 
 from infra.experiment.settings import OFFLINE_ENV, Settings
 from infra.stack.services import ensure_bootstrap_file
+
+Job = TypeVar("Job")
+Handle = TypeVar("Handle")
 
 
 class ClusterError(RuntimeError):
@@ -85,6 +91,28 @@ def job_slots(num_workers: int, cpus_per_worker: int, use_gpu: bool) -> int:
     if use_gpu:
         fits = min(fits, int(total.get("GPU", 0) // max(1, num_workers)))
     return max(1, fits)
+
+
+def run_window(jobs: Sequence[Job], *, slots: int, start: Callable[[Job], Handle],
+               is_done: Callable[[Handle], bool],
+               settle: Callable[[Job, Handle], Handle | None], poll_s: float = 0.5) -> None:
+    """Keep at most `slots` jobs running; start the next as each one finishes.
+
+    `start` submits a job and returns its handle (a future); `settle` is called once a
+    handle `is_done` and returns a new handle to keep the job in its slot (a retry), or None.
+    """
+    pending, running = list(enumerate(jobs)), {}  # index -> (job, handle): jobs need no hash
+    while pending or running:
+        while pending and len(running) < slots:
+            index, job = pending.pop(0)
+            running[index] = (job, start(job))
+        time.sleep(poll_s)
+        for index, (job, handle) in list(running.items()):
+            if not is_done(handle):
+                continue
+            del running[index]
+            if (again := settle(job, handle)) is not None:
+                running[index] = (job, again)
 
 
 def disconnect(started: bool) -> None:
