@@ -17,6 +17,7 @@ from torch import Tensor, nn
 # METHODS.md only says "epsilon guarded", so this is our default, not the paper's.
 STANDARDISE_EPS = 1e-5
 CC_LAMBDA = 5.1e-3  # METHODS.md section 1 (the Barlow Twins value)
+_MASKED_KEY = -1e9  # finite stand-in for -inf at padded keys: no inf - inf in the KL
 
 
 def standardise(z: Tensor, eps: float = STANDARDISE_EPS) -> Tensor:
@@ -180,3 +181,20 @@ def attention_scores_mse(
         total = total + F.mse_loss(masked_scores(s.float(), attention_mask),
                                    masked_scores(t.float(), attention_mask))
     return total
+
+
+def attention_kl(student: Tensor, teacher: Tensor, mask: Tensor, heads: Tensor) -> Tensor:
+    """KL(A_t || A_s) per attention row, averaged over real query tokens and kept heads.
+
+    Args:
+        student, teacher: pre-softmax scores [B, h, T, T] (no mask added).
+        mask: [B, T], 1 = real token (padded keys get no probability).
+        heads: float [h], 1 for the student's kept heads, 0 for pruned ones (whose
+            scores are all 0: they attend uniformly and say nothing about the teacher).
+    """
+    keys = mask[:, None, None, :].bool()
+    log_s = F.log_softmax(student.float().masked_fill(~keys, _MASKED_KEY), dim=-1)
+    log_t = F.log_softmax(teacher.float().masked_fill(~keys, _MASKED_KEY), dim=-1)
+    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)  # [B, h, T]
+    rows = mask[:, None, :].float() * heads.to(per_row.device)[None, :, None]
+    return (per_row * rows).sum() / rows.sum().clamp_min(1.0)

@@ -13,19 +13,17 @@ the task, distilling the fine-tuned teacher's logits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning import losses
 from pruning.compact import ATTENTION_UNITS, AttentionUnit, CompactBertModel, Widths, count_params_for
+from pruning.features import capture_attention_scores, capture_output, mean_pool
 from pruning.methods.base import Batch, PruningMethod, task_loss
 from pruning.methods.dense import Dense
-from pruning.methods.sparsebert import capture_attention_scores
 from pruning.schedules import CubicSchedule, cubic_sparsity
 from pruning.structured import (
     GroupScores,
@@ -44,30 +42,6 @@ SCORES: tuple[Score, ...] = ("sensitivity", "sensitivity_abs_sum", "platon")
 DistilPath = Literal["homotopic", "prune_first", "from_scratch"]
 PATHS: tuple[DistilPath, ...] = ("homotopic", "prune_first", "from_scratch")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_NEG = -1e9  # finite stand-in for -inf at padded keys: no inf - inf in the KL
-
-
-def _mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """hidden [B, T, H], mask [B, T] -> [B, H], the mean over real tokens."""
-    weights = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-def attention_kl(student: Tensor, teacher: Tensor, mask: Tensor, heads: Tensor) -> Tensor:
-    """KL(A_t || A_s) per attention row, averaged over real query tokens and kept heads.
-
-    Args:
-        student, teacher: pre-softmax scores [B, h, T, T] (no mask added).
-        mask: [B, T], 1 = real token (padded keys get no probability).
-        heads: float [h], 1 for the student's kept heads, 0 for pruned ones (whose
-            scores are all 0: they attend uniformly and say nothing about the teacher).
-    """
-    keys = mask[:, None, None, :].bool()
-    log_s = F.log_softmax(student.float().masked_fill(~keys, _NEG), dim=-1)
-    log_t = F.log_softmax(teacher.float().masked_fill(~keys, _NEG), dim=-1)
-    per_row = (log_t.exp() * (log_t - log_s)).sum(-1)  # [B, h, T]
-    rows = mask[:, None, :].float() * heads.to(per_row.device)[None, :, None]
-    return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
 
 
 class DistillationModule(nn.Module):
@@ -214,14 +188,14 @@ class HomotopicDistiller(PruningMethod):
             t_hidden = self.teacher(**inputs, output_hidden_states=True).hidden_states
         out = model(**inputs)
         s_hidden, s_scores = out["hidden_states"], out["attention_scores"]
-        prediction = losses.kl_logits(_mean_pool(s_hidden[-1], mask), _mean_pool(t_hidden[-1], mask),
+        prediction = losses.kl_logits(mean_pool(s_hidden[-1], mask), mean_pool(t_hidden[-1], mask),
                                       self.temperature)
         hidden = losses.hidden_states_mse(tuple(s_hidden), t_hidden)
         attention = torch.zeros((), device=prediction.device)
         for rows, s, t in zip(self.masks.attention_rows(), s_scores, t_scores):
             heads = rows.view(s.shape[1], -1).any(-1).float()
             if bool(heads.any()):
-                attention = attention + attention_kl(s, t, mask, heads)
+                attention = attention + losses.attention_kl(s, t, mask, heads)
         w_p, w_h, w_a = self.weights
         logs = {"prediction_loss": float(prediction.detach()), "hidden_loss": float(hidden.detach()),
                 "attention_loss": float(attention.detach()),
@@ -305,17 +279,6 @@ def reinitialise(model: nn.Module) -> None:
                 module.bias.zero_()
 
 
-@contextmanager
-def _capture_output(module: nn.Module) -> Iterator[list[Tensor]]:
-    """Collect `module`'s forward outputs while the block runs."""
-    seen: list[Tensor] = []
-    hook = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    try:
-        yield seen
-    finally:
-        hook.remove()
-
-
 class CompactFinetune(Dense):
     """Stage b: fine-tune the compact student on the task, distilling the task teacher.
 
@@ -347,7 +310,7 @@ class CompactFinetune(Dense):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Task loss plus logit distillation; model is the possibly DDP-wrapped student."""
-        with _capture_output(self.student.classifier) as logits:  # one forward serves both terms
+        with capture_output(self.student.classifier) as logits:  # one forward serves both terms
             task = task_loss(model, batch)
         logs = {"task_loss": float(task.detach())}
         if self.kd_weight == 0:

@@ -4,13 +4,14 @@ representation towards the unpruned model's (METHODS.md section 1)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from pruning import losses
+from pruning.features import capture_output
 from pruning.masks import apply_masks
 from pruning.methods.base import Allocation, Batch, MaskedMethod
 from pruning.schedules import CubicSchedule
@@ -139,19 +140,9 @@ class SelfDistilled(MaskedMethod):
 
     def _forward(self, model: nn.Module, batch: Batch) -> tuple[object, list[Tensor]]:
         """Run `model` (student, DDP wrapper or teacher); its outputs and representation(s)."""
-        captured: list[Tensor] = []
-        hook = None
-        if self.representation == "pooled":
-            inner = model.module if hasattr(model, "module") else model
-            pooler = getattr(inner.base_model, "pooler", None)
-            if pooler is None:
-                raise ValueError(f"{type(inner).__name__} has no pooler; use representation='cls'")
-            hook = pooler.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
+        pooled = capture_output(_pooler(model)) if self.representation == "pooled" else nullcontext([])
+        with pooled as captured:
             outputs = model(**batch, output_hidden_states=self.representation in ("cls", "all_layers"))
-        finally:
-            if hook is not None:
-                hook.remove()
         if self.representation == "cls":
             reps = [outputs.hidden_states[-1][:, 0]]  # [N, H]
         elif self.representation == "all_layers":
@@ -218,3 +209,12 @@ class SelfDistilled(MaskedMethod):
         if self.teacher_mode == "shared":
             self.lifted = {n: lifted[n].to(self.params[n].device, self.params[n].dtype)
                            for n in self.params}
+
+
+def _pooler(model: nn.Module) -> nn.Module:
+    """The pooler of `model` (the student, its DDP wrapper or the teacher)."""
+    inner = model.module if hasattr(model, "module") else model
+    pooler = getattr(inner.base_model, "pooler", None)
+    if pooler is None:
+        raise ValueError(f"{type(inner).__name__} has no pooler; use representation='cls'")
+    return pooler

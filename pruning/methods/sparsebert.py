@@ -3,65 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning import losses
+from pruning.features import capture_attention_scores
 from pruning.methods.base import Allocation, Batch, MaskedMethod
 from pruning.schedules import CubicSchedule
 
 TARGET_MASK_UPDATES = 100  # METHODS.md: "~100 mask updates"
-
-
-def self_attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention blocks of a BERT-like encoder, in layer order.
-
-    A block is a module with `query` and `key` nn.Linear children and a
-    `num_attention_heads` attribute (BertSelfAttention, RobertaSelfAttention, ...).
-    """
-    inner = model.module if hasattr(model, "module") else model
-    found = [m for m in inner.modules()
-             if isinstance(getattr(m, "query", None), nn.Linear)
-             and isinstance(getattr(m, "key", None), nn.Linear)
-             and hasattr(m, "num_attention_heads")]
-    if not found:
-        raise ValueError(f"{type(inner).__name__} has no BERT-like self-attention "
-                         "(query/key projections); SparseBERT needs one")
-    return found
-
-
-@contextmanager
-def capture_attention_scores(model: nn.Module) -> Iterator[list[Tensor]]:
-    """Collect the pre-softmax attention scores of every layer during a forward pass.
-
-    transformers returns post-softmax attentions (and none at all under SDPA), so
-    forward hooks take the outputs of W_q and W_k [B, T, H] and the scores are
-    Q K^T / sqrt(d_head) per head, as BertSelfAttention computes them before adding
-    the mask. Yields a list that holds one [B, h, T, T] tensor per layer after the
-    forward; the hooks are removed on exit.
-    """
-    scores: list[Tensor] = []
-    hooks = []
-    for attention in self_attention_modules(model):
-        pending: dict[str, Tensor] = {}
-
-        def on_query(_m, _i, out, pending=pending):
-            pending["q"] = out
-
-        def on_key(_m, _i, out, pending=pending, heads=attention.num_attention_heads):
-            scores.append(losses.attention_scores(pending.pop("q"), out, heads))
-
-        hooks += [attention.query.register_forward_hook(on_query),
-                  attention.key.register_forward_hook(on_key)]
-    try:
-        yield scores
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 class SparseBert(MaskedMethod):

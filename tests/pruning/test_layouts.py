@@ -11,9 +11,9 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from pruning.accounting import encoder_sparsity, matrix_sparsities
 from pruning.compact import CompactBertConfig
+from pruning.features import capture_attention_scores
 from pruning.layouts import CompactRobertaEmbeddings, layout_of, to_compact_prefix
 from pruning.methods import METHOD_SPECS, build_method
-from pruning.methods.sparsebert import capture_attention_scores
 
 
 def test_layout_follows_the_model_type():

@@ -11,7 +11,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from pruning.accounting import encoder_sparsity, matrix_sparsities
 from pruning.masks import kept_count
 from pruning.methods import METHOD_SPECS, build_method, method_options
-from pruning.methods.sparsebert import SparseBert, capture_attention_scores
+from pruning.features import capture_attention_scores
+from pruning.methods.sparsebert import SparseBert
 
 TARGET = 0.9
 
