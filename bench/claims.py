@@ -37,6 +37,7 @@ from infra.models import pretrained
 from infra.train import ray_job
 from infra.experiment.config import TrainSpec, load_config
 from infra.experiment.preflight import split_spec, task_source
+from infra.experiment import paths
 from infra.experiment.settings import Settings
 from pruning.methods import METHOD_SPECS, build_method
 
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     name = "claims.json" if args.scale == "full" else f"claims-{args.scale}.json"
     out = args.out or ROOT / "bench/results" / name
-    work = Settings.from_env().home / "bench"
+    work = paths.bench_dir(Settings.from_env().home)
     started = time.perf_counter()
 
     def log(text: str) -> None:

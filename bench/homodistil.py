@@ -30,6 +30,7 @@ from bench import claims
 from infra.data import corpus
 from infra import data
 from infra.models import pretrained
+from infra.experiment import paths
 from infra.experiment.settings import Settings
 from pruning.methods import build_distiller
 from pruning.targets import encoder_linear_weights, word_embedding_weight
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
 
-    setup = claims.prepare(args.config, scale, Settings.from_env().home / "bench-homodistil", args.threads)
+    work = paths.bench_dir(Settings.from_env().home, "homodistil")
+    setup = claims.prepare(args.config, scale, work, args.threads)
     text = prepare_corpus(setup, scale["texts"])
     epochs = args.distil_epochs or scale["distil_epochs"]
     results = {"scale": args.scale, "seeds": list(scale["seeds"]), "budgets": args.budgets,

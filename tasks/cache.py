@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect.filesystems import LocalFileSystem
 
+from infra.experiment import paths
 from infra.experiment.provenance import code_version
 
 
@@ -48,7 +49,7 @@ def distil_key(_context: Any, parameters: dict[str, Any]) -> str:
 def storage(home: str | Path) -> LocalFileSystem:
     """Where cached results live for a PRUNEGRID_HOME (a block saved on the Prefect server,
     as Prefect requires of result storage; one per home, overwritten in place)."""
-    folder = Path(home).resolve() / "results"
+    folder = paths.results_dir(Path(home).resolve())
     block = LocalFileSystem(basepath=str(folder))
     name = "prunegrid-results-" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
     block.save(name, overwrite=True)

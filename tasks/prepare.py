@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 
 from infra.data import corpus
 from infra import data
 from infra.models import pretrained
+from infra.experiment import paths
 from infra.experiment.config import DistilSpec, ModelSpec, TaskSpec
 from infra.experiment.jobs import GridContext
 from infra.experiment.preflight import split_spec, task_source
@@ -19,7 +18,7 @@ def prepare_dataset(spec: TaskSpec, model: ModelSpec, ctx: GridContext) -> data.
     """Load, validate, split and tokenise one task; returns a ref with the content hash."""
     tokenizer = pretrained.load_tokenizer(ctx.pretrained)
     return data.prepare(task_source(spec), split_spec(spec), tokenizer, model.max_length,
-                        Path(ctx.home) / "data", allow_hub=ctx.allow_hub)
+                        paths.data_dir(ctx.home), allow_hub=ctx.allow_hub)
 
 
 @task(name="prepare-corpus", task_run_name="prepare-corpus-{dataset.task}")
@@ -29,4 +28,4 @@ def prepare_corpus(distil: DistilSpec, model: ModelSpec, dataset: data.DatasetRe
     own = corpus.task_texts(data.read_split(dataset, "train")) if distil.task_texts else []
     texts = corpus.gather(distil.corpus, own, distil.max_texts)
     return corpus.prepare_corpus(texts, pretrained.load_tokenizer(ctx.pretrained), model.max_length,
-                                 Path(ctx.home) / "data", dataset.task)
+                                 paths.data_dir(ctx.home), dataset.task)

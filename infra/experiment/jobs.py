@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.evaluate import evaluation
+from infra.experiment import paths
 from infra.track import registry
 from infra.track import tracking
 from infra.train import ray_job
@@ -109,14 +110,14 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
     tracking.log_params(ctx.tracking_uri, run_id, _flat("", resolved))
     tracking.log_text(ctx.tracking_uri, run_id, json.dumps(resolved, indent=2, sort_keys=True),
                       "resolved_config.json")
-    home = Path(ctx.home)
-    out_dir = home / "models" / f"{job.job_id}-{dataset.content_hash[:8]}"
+    out_dir = paths.models_dir(ctx.home) / f"{job.job_id}-{dataset.content_hash[:8]}"
     try:
         ray_job.run_job(
             _args(job, dataset, teacher, ctx, run_id, student), run_name=out_dir.name,
             num_workers=job.compute.num_workers,
             cpus_per_worker=job.compute.cpus_per_worker, use_gpu=job.compute.use_gpu,
-            max_failures=job.compute.max_failures, storage_path=home / "ray_results", out_dir=out_dir)
+            max_failures=job.compute.max_failures, storage_path=paths.ray_results_dir(ctx.home),
+            out_dir=out_dir)
         tracking.log_dir(ctx.tracking_uri, run_id, out_dir, "model")
         _log_recovery(ctx.tracking_uri, run_id, ray_job.recovery_path(out_dir))
     except BaseException as error:

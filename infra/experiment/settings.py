@@ -36,7 +36,7 @@ PREFECT_ENV: dict[str, str] = {
 class Settings:
     """Where the pipeline keeps its state and which external services it talks to."""
 
-    home: Path  # PRUNEGRID_HOME: data, checkpoints, local servers' stores and logs
+    home: Path  # PRUNEGRID_HOME: data, checkpoints, models, local servers (layout: paths.py)
     mlflow_tracking_uri: str | None  # MLFLOW_TRACKING_URI; None: a local server is needed
     ray_address: str | None  # RAY_ADDRESS; None: start a local Ray on this machine
     allow_hub: bool  # PRUNEGRID_ALLOW_HUB=1 lets `datasets` reach the Hugging Face hub
@@ -51,18 +51,6 @@ class Settings:
             ray_address=env.get("RAY_ADDRESS") or None,
             allow_hub=env.get("PRUNEGRID_ALLOW_HUB", "0") == "1",
         )
-
-    @property
-    def data_dir(self) -> Path:
-        return self.home / "data"
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.home / "runs"
-
-    @property
-    def stack_dir(self) -> Path:
-        return self.home / "stack"
 
 
 def apply_offline_env(allow_hub: bool = False) -> None:

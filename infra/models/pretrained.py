@@ -24,8 +24,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from infra.models import e5_checkpoint
+from infra.experiment import paths
 from infra.experiment.settings import Settings
+from infra.models import e5_checkpoint
 
 import pruning.compact  # noqa: F401  registers CompactBert* with the Auto classes (HomoDistil's models)
 
@@ -79,7 +80,7 @@ def resolve_model_dir(name: str, allow_hub: bool = False) -> str:
 
 def _converted(name: str) -> str:
     """The converted checkpoint of a CONVERTED_MODELS alias, converting on first use."""
-    out = Settings.from_env().home / "models" / name
+    out = paths.models_dir(Settings.from_env().home) / name
     if not (out / "config.json").is_file():
         try:
             source = e5_checkpoint.packaged_file(CONVERTED_MODELS[name])

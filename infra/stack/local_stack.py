@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from infra.experiment import paths
 from infra.experiment.settings import Settings
 from infra.stack import processes, services
 from infra.stack.processes import HOST, ServiceInfo, StackError, StateFiles
@@ -71,7 +72,7 @@ class LocalStack:
                 if not raw.isdigit():
                     raise StackError(f"{variable}={raw!r} is not a port number")
                 kwargs[PORT_ARG[service]] = int(raw)
-        return cls(settings.stack_dir, allow_hub=settings.allow_hub, **{**kwargs, **overrides})
+        return cls(paths.stack_dir(settings.home), allow_hub=settings.allow_hub, **{**kwargs, **overrides})
 
     # ---- public API -------------------------------------------------------------------
 
