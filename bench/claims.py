@@ -77,7 +77,7 @@ def prepare(config: Path, scale: dict, work: Path, threads: int) -> Setup:
         split = dataclasses.replace(split, max_train_examples=scale["train"],
                                     max_eval_examples=scale["eval"])
     ref = data.prepare(task_source(task), split, pretrained.load_tokenizer(pretrained), cfg.model.max_length,
-                       work / "data")
+                       paths.data_dir(work))
     return Setup(cfg, pretrained, ref, work, threads)
 
 
@@ -134,7 +134,7 @@ def fit(method, student: nn.Module, table, spec: TrainSpec, *, seed: int, consta
 
 def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> dict[str, float]:
     """infra.evaluate.evaluation.evaluate on the saved model (latency kept minimal: not measured here)."""
-    folder = pretrained.save_model(model, setup.tokenizer, setup.work / "models" / name)
+    folder = pretrained.save_model(model, setup.tokenizer, paths.models_dir(setup.work) / name)
     metrics = evaluation.evaluate(str(folder), setup.ref, batch_size=64, latency_batch_sizes=(1,),
                                   latency_seq_len=64, latency_repeats=1, latency_threads=setup.threads)
     if not keep:
@@ -177,7 +177,7 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
     teacher_model = pretrained_model(setup, seed=seeds[0])
     train(setup, "dense", teacher_model, cfg.teacher, sparsity=0.0, seed=seeds[0])
     teacher_metrics = evaluate(setup, teacher_model, "teacher", keep=True)
-    teacher_dir = str(setup.work / "models" / "teacher")
+    teacher_dir = str(paths.models_dir(setup.work) / "teacher")
     runs: dict[str, list[dict]] = {}
     small_dense: dict[tuple[int, int], dict] = {}
 

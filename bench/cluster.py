@@ -35,6 +35,7 @@ from infra.models import pretrained
 from infra.train import cluster, ray_job
 from infra.experiment.config import load_config
 from infra.experiment.preflight import split_spec, task_source
+from infra.experiment import paths
 from infra.experiment.settings import Settings, apply_offline_env
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,7 +47,7 @@ def _prepare(work: Path, examples: int) -> tuple[data.DatasetRef, str, str]:
         update={"max_train_examples": examples})})
     model_dir = pretrained.resolve_model_dir(cfg.model.name)
     tokenizer = pretrained.load_tokenizer(model_dir)
-    dataset = data.prepare(task_source(spec), split_spec(spec), tokenizer, 64, work / "data")
+    dataset = data.prepare(task_source(spec), split_spec(spec), tokenizer, 64, paths.data_dir(work))
     # GMP prunes a fine-tuned teacher; for timing the pretrained encoder with a new head will do.
     teacher = pretrained.load_classifier(model_dir, num_labels=dataset.num_labels, seed=0)
     teacher_dir = pretrained.save_model(teacher, tokenizer, work / "teacher")
@@ -66,7 +67,7 @@ def _timed(args: ray_job.JobArgs, work: Path) -> dict:
     began = time.perf_counter()
     out = ray_job.run_job(args, run_name=args.job_id, num_workers=1, cpus_per_worker=1,
                            use_gpu=False, max_failures=0, storage_path=work / "ray",
-                           out_dir=work / "models" / args.job_id)
+                           out_dir=paths.models_dir(work) / args.job_id)
     reported = json.loads(ray_job.timing_path(out).read_text())
     return {"job": args.job_id, "wall_s": time.perf_counter() - began, **reported}
 

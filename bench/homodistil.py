@@ -65,7 +65,7 @@ def distil(setup: claims.Setup, text: corpus.CorpusRef, budget: float, seed: int
     method = build_distiller("homodistil", student, teacher=teacher, total_steps=claims.total_steps(table, spec),
                              final_sparsity=budget, options=options)
     claims.fit(method, student, table, spec, seed=seed)
-    folder = setup.work / "models" / f"distilled-{path}-{budget}-{seed}"
+    folder = paths.models_dir(setup.work) / f"distilled-{path}-{budget}-{seed}"
     return str(pretrained.save_model(method.export(), setup.tokenizer, folder))
 
 
@@ -88,7 +88,7 @@ def run(setup: claims.Setup, budgets: list[float], seeds: tuple[int, ...], text:
     teacher = claims.pretrained_model(setup, seed=seeds[0])
     claims.train(setup, "dense", teacher, cfg.teacher, sparsity=0.0, seed=seeds[0])
     teacher_metrics = claims.evaluate(setup, teacher, "teacher", keep=True)
-    teacher_dir = str(setup.work / "models" / "teacher")
+    teacher_dir = str(paths.models_dir(setup.work) / "teacher")
     runs: dict[str, list[dict]] = {}
     gmp_options = {k: v[0] for k, v in cfg.grid.options.get("gmp", {}).items()} | {"prune_embeddings": True}
     for budget in budgets:

@@ -7,7 +7,7 @@
     <home>/ray_results/<job_id>-<hash8>/    Ray Train's run folders: each job's checkpoints
     <home>/results/                         cached task results (tasks.cache)
     <home>/stack/                           the local servers' pids, logs and stores (infra.stack)
-    <home>/bench/, <home>/bench-<name>/     the benchmarks' scratch (bench/)
+    <home>/bench/, <home>/bench-<name>/     the benchmarks' scratch (bench/), with its own data/, models/
 
 A home written by an earlier version keeps working: these names must not change. Paths
 only; nothing here creates a folder.
