@@ -9,6 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The switches that keep the Hugging Face libraries off the hub; PRUNEGRID_ALLOW_HUB=1 lifts them.
+HUB_SWITCHES: tuple[str, ...] = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
 # Every process the pipeline starts (Ray workers, servers) inherits these, so no
 # component phones home or tries a model hub. MLflow wants "true", not "1".
 OFFLINE_ENV: dict[str, str] = {
@@ -19,9 +22,7 @@ OFFLINE_ENV: dict[str, str] = {
     # With usage stats off, the dashboard of a `ray start` cluster still posts a "disabled"
     # notice to usage-stats.ray.io; pointing it at a closed loopback port keeps it home.
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+    **dict.fromkeys(HUB_SWITCHES, "1"),
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
@@ -53,6 +54,11 @@ class Settings:
         )
 
 
+def offline_env(allow_hub: bool) -> dict[str, str]:
+    """OFFLINE_ENV, less the hub switches when the hub is allowed."""
+    return {key: value for key, value in OFFLINE_ENV.items() if not (allow_hub and key in HUB_SWITCHES)}
+
+
 def apply_offline_env(allow_hub: bool = False) -> None:
     """Set the offline switches in this process so children inherit them.
 
@@ -60,7 +66,5 @@ def apply_offline_env(allow_hub: bool = False) -> None:
     """
     for key, value in PREFECT_ENV.items():
         os.environ.setdefault(key, value)
-    for key, value in OFFLINE_ENV.items():
-        if allow_hub and key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-            continue
+    for key, value in offline_env(allow_hub).items():
         os.environ.setdefault(key, value)

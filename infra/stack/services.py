@@ -15,11 +15,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from infra.experiment.settings import OFFLINE_ENV
+from infra.experiment.settings import offline_env
 from infra.stack.processes import HOST, ServiceInfo, StackError, http
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-HUB_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 BIN = Path(sys.executable).parent  # the servers' entry points, beside this interpreter
 
 
@@ -157,7 +156,7 @@ def prepare_ray(root: Path) -> dict[str, str]:
 def base_env(prefect_home: Path, allow_hub: bool) -> dict[str, str]:
     """The environment every service starts from: ours, offline, local, this interpreter's."""
     env = dict(os.environ)
-    env |= {k: v for k, v in OFFLINE_ENV.items() if not (allow_hub and k in HUB_KEYS)}
+    env |= offline_env(allow_hub)
     env.pop("PREFECT_API_KEY", None)  # these servers are local: never send a cloud key
     env["PREFECT_HOME"] = str(prefect_home)
     # MLflow's job runner (GenAI judges, periodic jobs) is unused here; without it the
