@@ -1,4 +1,4 @@
-"""Test session environment and fixtures for real local servers on loopback.
+"""Test session environment, the tiny model every test shares, and real local servers on loopback.
 
 The environment is set in `pytest_configure`, before any test module imports prefect,
 mlflow or ray (they read some settings at import): offline switches, and every state
@@ -7,6 +7,7 @@ folder (PREFECT_HOME, PRUNEGRID_HOME, HF_HOME, RAY_TMPDIR) in a temp dir of this
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -14,9 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig
 
-from infra.stack.local_stack import LocalStack, ServiceInfo
 from infra.experiment.settings import OFFLINE_ENV
+from infra.stack.local_stack import LocalStack, ServiceInfo
+from infra.train import loop
+from pruning.methods import PruningMethod
+from tests.tiny import make_tiny_bert, make_tiny_encoder, random_batch, tiny_bert_config
 
 # Servers the developer may have exported for `make demo`; tests must not write to them.
 _OUTSIDE_SERVERS = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_API_KEY", "RAY_ADDRESS")
@@ -42,6 +49,48 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for path in _session_dirs:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., BertConfig]:
+    """tiny_bert_config(**overrides): the BertConfig of hidden 32, 2 layers (tests/tiny.py)."""
+    return tiny_bert_config
+
+
+@pytest.fixture
+def tiny_encoder() -> Callable[..., nn.Module]:
+    """make_tiny_encoder(seed=0, **config overrides): a BertModel of the tiny config."""
+    return make_tiny_encoder
+
+
+@pytest.fixture
+def tiny_bert() -> Callable[..., nn.Module]:
+    """make_tiny_bert(seed=0, **config overrides): a BertForSequenceClassification, 2 labels."""
+    return make_tiny_bert
+
+
+@pytest.fixture
+def make_batch() -> Callable[..., dict[str, Tensor]]:
+    """random_batch(generator, size=4, length=8): ids, masks [B, T] and labels [B]."""
+    return random_batch
+
+
+@pytest.fixture
+def train_step() -> Callable[..., tuple[Tensor, dict[str, float]]]:
+    """One optimizer step of the product's loop (infra.train.loop.train_step), for a test.
+
+    `step(method, batch, optimizer, step=i, model=None, scheduler=None, max_grad_norm=inf)`:
+    `model` defaults to `method.module`; no clipping unless asked, so a test's numbers are
+    those of its plain optimizer. Returns the loss [] and the method's logs.
+    """
+
+    def one_step(method: PruningMethod, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer, *,
+             step: int, model: nn.Module | None = None, scheduler: object = None,
+             max_grad_norm: float = math.inf) -> tuple[Tensor, dict[str, float]]:
+        return loop.train_step(method, method.module if model is None else model, batch, optimizer,
+                               scheduler, step=step, max_grad_norm=max_grad_norm)
+
+    return one_step
 
 
 @pytest.fixture(scope="session")

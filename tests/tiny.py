@@ -1,0 +1,44 @@
+"""The tiny BERT every test builds from a config, never downloads (DESIGN.md: hidden 32, 2 layers).
+
+tests/conftest.py serves these as fixtures (tiny_config, tiny_encoder, tiny_bert, make_batch);
+a module-level constant that a test file needs at import (a config its parametrize reads)
+imports them from here.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+VOCAB = 100
+SIZES = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=64)
+
+
+def tiny_bert_config(**overrides: object) -> BertConfig:
+    """Vocabulary 100, hidden 32, 2 layers, 2 heads, FFN 64, 2 labels; `overrides` replace any."""
+    return BertConfig(**SIZES | {"num_labels": 2} | overrides)
+
+
+def make_tiny_bert(seed: int = 0, **overrides: object) -> BertForSequenceClassification:
+    """The classifier of tiny_bert_config(**overrides), its weights drawn after manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_bert_config(**overrides))
+
+
+def make_tiny_encoder(seed: int = 0, **overrides: object) -> BertModel:
+    """The encoder (with pooler) of tiny_bert_config(**overrides), drawn after manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return BertModel(tiny_bert_config(**overrides))
+
+
+def random_batch(
+    generator: torch.Generator, size: int = 4, length: int = 8
+) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask / token_type_ids [B, T] and labels [B] (two classes)."""
+    return {
+        "input_ids": torch.randint(0, VOCAB, (size, length), generator=generator),
+        "attention_mask": torch.ones(size, length, dtype=torch.long),
+        "token_type_ids": torch.zeros(size, length, dtype=torch.long),
+        "labels": torch.randint(0, 2, (size,), generator=generator),
+    }
