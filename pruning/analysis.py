@@ -109,6 +109,10 @@ def weight_snr(model: nn.Module) -> float:
 
 # --------------------------------------------------------------- recovery
 
+# Steps recorded after each mask update (ours): the default of every masked method's
+# `recovery_steps` option.
+RECOVERY_STEPS = 10
+
 
 class RecoveryTracker:
     """Task loss just before each mask update and over the k steps after it.
@@ -122,7 +126,7 @@ class RecoveryTracker:
     losses are per batch, hence noisy; compare means over many updates.
     """
 
-    def __init__(self, k: int = 10) -> None:
+    def __init__(self, k: int = RECOVERY_STEPS) -> None:
         if k < 0:
             raise ValueError(f"recovery k must be >= 0, got {k}")
         self.k = k

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The one home of the shared schedule's defaults: the methods' signatures take them
+# (GMP and SDP all three, SparseBERT the start, HomoDistil the end), and so do the
+# config's method options.
+# METHODS.md section 1: "cubic over the first 2/3 of training, then fixed-mask recovery".
+START_FRACTION = 0.0  # the ramp starts at step 0: no dense warm-up
+END_FRACTION = 2 / 3  # the last third trains under the final masks (recovery)
+UPDATE_EVERY = 10  # optimizer steps between mask updates (ours; METHODS.md names none)
+
 
 def cubic_sparsity(
     step: int, initial: float, final: float, start_step: int, end_step: int
@@ -82,9 +90,9 @@ class CubicSchedule:
         cls,
         total_steps: int,
         final_sparsity: float,
-        start_fraction: float = 0.0,
-        end_fraction: float = 2 / 3,
-        update_every: int = 10,
+        start_fraction: float = START_FRACTION,
+        end_fraction: float = END_FRACTION,
+        update_every: int = UPDATE_EVERY,
         initial_sparsity: float = 0.0,
     ) -> CubicSchedule:
         """A schedule over a run of `total_steps` optimizer steps, its ramp given as

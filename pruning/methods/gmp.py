@@ -4,25 +4,28 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from pruning.analysis import RECOVERY_STEPS
 from pruning.methods.base import Allocation, Batch, MaskedMethod, task_loss
-from pruning.schedules import CubicSchedule
+from pruning.schedules import END_FRACTION, START_FRACTION, UPDATE_EVERY, CubicSchedule
 
 
 class GradualMagnitude(MaskedMethod):
     """Prune the encoder linear weights by magnitude while training on the task loss.
 
     Defaults follow METHODS.md (GMP baseline: task loss only, the same cubic
-    schedule as SDP): sparsity ramps cubically from 0 at `start_fraction` = 0.0
-    of the run to `final_sparsity` at `end_fraction` = 2/3 of it, masks are
-    recomputed from |w * mask| every `update_every` = 10 steps, then the mask
-    stays fixed while the network recovers; each matrix is ranked on its own
-    (`allocation` = "local"; "global" ranks all matrices against one threshold).
+    schedule as SDP): sparsity ramps cubically from 0 at `start_fraction` of the
+    run to `final_sparsity` at `end_fraction` of it, masks are recomputed from
+    |w * mask| every `update_every` steps, then the mask stays fixed while the
+    network recovers (defaults: pruning.schedules START_FRACTION, END_FRACTION,
+    UPDATE_EVERY); each matrix is ranked on its own (`allocation` = "local";
+    "global" ranks all matrices against one threshold).
     Only Q, K, V, attention output, FFN in and FFN out weights are pruned, unless
     `prune_embeddings` (default False) adds the word-embedding matrix at the same
     sparsity (for comparisons at equal non-zero count; encoder_sparsity still counts
     the encoder's matrices only).
-    `recovery_steps` = 10 is how many steps after each mask update the task loss is
-    recorded for the recovery curve (pruning.analysis.RecoveryTracker; our default).
+    `recovery_steps` is how many steps after each mask update the task loss is
+    recorded for the recovery curve (pruning.analysis.RecoveryTracker; default
+    RECOVERY_STEPS there).
     """
 
     name = "gmp"
@@ -33,11 +36,11 @@ class GradualMagnitude(MaskedMethod):
         *,
         final_sparsity: float,
         total_steps: int,
-        start_fraction: float = 0.0,
-        end_fraction: float = 2 / 3,
-        update_every: int = 10,
+        start_fraction: float = START_FRACTION,
+        end_fraction: float = END_FRACTION,
+        update_every: int = UPDATE_EVERY,
         allocation: Allocation = "local",
-        recovery_steps: int = 10,
+        recovery_steps: int = RECOVERY_STEPS,
         prune_embeddings: bool = False,
     ) -> None:
         schedule = CubicSchedule.over_run(

@@ -24,7 +24,7 @@ from pruning.compact import ATTENTION_UNITS, AttentionUnit, CompactBertModel, Wi
 from pruning.features import capture_attention_scores, capture_output, mean_pool
 from pruning.methods.base import Batch, PruningMethod, task_loss
 from pruning.methods.dense import Dense
-from pruning.schedules import CubicSchedule, cubic_sparsity
+from pruning.schedules import END_FRACTION, CubicSchedule, cubic_sparsity
 from pruning.structured import (
     GroupScores,
     StructuredMasks,
@@ -95,7 +95,8 @@ class HomotopicDistiller(PruningMethod):
     EMA uncertainty with beta2 `uncertainty_beta`) are smoothed by an EMA of
     `ema_beta` after every optimizer step; every `update_every` steps each group type
     shrinks along the cubic schedule from full width to its target, reached after
-    `prune_fraction_of_run` of the run. Targets: uniform widths whose whole-model
+    `prune_fraction_of_run` of the run (default pruning.schedules.END_FRACTION, as
+    the unstructured methods' ramp). Targets: uniform widths whose whole-model
     parameter count is at most 1 - final_sparsity of the original (target_widths), or
     the explicit `widths` ({"hidden", "heads" | "head_size", "ffn"}: int or per layer).
     Budget widths of real-size models are multiples of `width_multiple` (16: the
@@ -117,7 +118,7 @@ class HomotopicDistiller(PruningMethod):
         attention_unit: AttentionUnit = "heads", shrink_hidden: bool = True, score: Score = "sensitivity",
         ema_beta: float = 0.85, uncertainty_beta: float = 0.95, prediction_weight: float = 1.0,
         hidden_weight: float = 1.0, attention_weight: float = 1.0, temperature: float = 1.0,
-        update_every: int = 4, prune_fraction_of_run: float = 2 / 3,
+        update_every: int = 4, prune_fraction_of_run: float = END_FRACTION,
         widths: Mapping[str, int | Sequence[int]] | None = None, width_multiple: int = 16,
         path: DistilPath = "homotopic",
     ) -> None:

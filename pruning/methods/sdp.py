@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from pruning import losses
+from pruning.analysis import RECOVERY_STEPS
 from pruning.features import capture_output
 from pruning.masks import apply_masks
 from pruning.methods.base import Allocation, Batch, MaskedMethod
-from pruning.schedules import CubicSchedule
+from pruning.schedules import END_FRACTION, START_FRACTION, UPDATE_EVERY, CubicSchedule
 
 Representation = Literal["cls", "pooled", "logits", "all_layers"]
 SelfLoss = Literal["cross_correlation", "kl_logits", "mse_logits", "cosine"]
@@ -48,11 +49,12 @@ class SelfDistilled(MaskedMethod):
         `temperature`, default 1.0, ours), "mse_logits" (both on the logits, whatever
         the representation), "cosine" (1 - cos on the representation). For regression
         (one output) "kl_logits" is MSE of the logits: a softmax over one value is 1.
-      Schedule as GMP: cubic from 0 at `start_fraction` = 0 to the target at
-        `end_fraction` = 2/3 of the run, masks from |w * mask| every `update_every`
-        = 10 steps, then fixed-mask recovery; `allocation` = "local" per matrix
-        ("global" ranks all matrices together). `recovery_steps` = 10 (ours): steps
-        recorded after each mask update for the recovery curve.
+      Schedule as GMP: cubic from 0 at `start_fraction` to the target at
+        `end_fraction` of the run, masks from |w * mask| every `update_every`
+        steps, then fixed-mask recovery (defaults: pruning.schedules START_FRACTION,
+        END_FRACTION, UPDATE_EVERY); `allocation` = "local" per matrix ("global"
+        ranks all matrices together). `recovery_steps` (pruning.analysis
+        RECOVERY_STEPS): steps recorded after each mask update for the recovery curve.
     """
 
     name = "sdp"
@@ -70,11 +72,11 @@ class SelfDistilled(MaskedMethod):
         self_loss: SelfLoss = "cross_correlation",
         teacher_mode: TeacherMode = "frozen",
         temperature: float = 1.0,
-        start_fraction: float = 0.0,
-        end_fraction: float = 2 / 3,
-        update_every: int = 10,
+        start_fraction: float = START_FRACTION,
+        end_fraction: float = END_FRACTION,
+        update_every: int = UPDATE_EVERY,
         allocation: Allocation = "local",
-        recovery_steps: int = 10,
+        recovery_steps: int = RECOVERY_STEPS,
     ) -> None:
         for value, valid, what in ((representation, REPRESENTATIONS, "representation"),
                                    (self_loss, SELF_LOSSES, "self_loss"),

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning import losses
+from pruning.analysis import RECOVERY_STEPS
 from pruning.features import capture_attention_scores
 from pruning.methods.base import Allocation, Batch, MaskedMethod
-from pruning.schedules import CubicSchedule
+from pruning.schedules import START_FRACTION, CubicSchedule
 
 TARGET_MASK_UPDATES = 100  # METHODS.md: "~100 mask updates"
 
@@ -34,10 +35,11 @@ class SparseBert(MaskedMethod):
 
     Pruning: unstructured magnitude per matrix (`allocation` = "local") of Q, K, V,
     attention output, FFN in and out; embeddings, biases, LayerNorms, pooler and
-    classifier stay dense. Cubic schedule from 0 at `start_fraction` = 0.0 to the
-    target at `end_fraction` = 1.0 (the whole run: no dense warm-up, no fixed-mask
-    phase), masks updated every `update_every` steps, by default total_steps // 100
-    (at least 1), so about 100 updates. `recovery_steps` = 10 (ours).
+    classifier stay dense. Cubic schedule from 0 at `start_fraction` (default
+    pruning.schedules.START_FRACTION: no dense warm-up) to the target at
+    `end_fraction` = 1.0 (the whole run: no fixed-mask phase), masks updated every
+    `update_every` steps, by default total_steps // TARGET_MASK_UPDATES (at least 1),
+    so about 100 updates. `recovery_steps`: as GMP's (pruning.analysis.RECOVERY_STEPS).
 
     The paper's optimisation recipe is config, not method code: batch 32, learning
     rate 3e-5 constant (warmup_fraction 0 and no decay), weight decay 0.01.
@@ -56,11 +58,11 @@ class SparseBert(MaskedMethod):
         attention_weight: float = 1.0,
         logit_weight: float = 1.0,
         temperature: float = 1.0,
-        start_fraction: float = 0.0,
+        start_fraction: float = START_FRACTION,
         end_fraction: float = 1.0,
         update_every: int | None = None,
         allocation: Allocation = "local",
-        recovery_steps: int = 10,
+        recovery_steps: int = RECOVERY_STEPS,
     ) -> None:
         if teacher is student:
             raise ValueError("SparseBERT's teacher must be the fine-tuned model, not the student")
