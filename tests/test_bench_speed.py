@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from bench import speed
+from tests.tiny import VOCAB, make_tiny_bert, tiny_bert_config
 
-H, F, LAYERS, HEADS = 32, 64, 2, 2
+CONFIG = tiny_bert_config()
+H, F, LAYERS = CONFIG.hidden_size, CONFIG.intermediate_size, CONFIG.num_hidden_layers
 
 
 @pytest.fixture(scope="module")
 def teacher() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                        intermediate_size=F, num_labels=2)
-    return BertForSequenceClassification(config).eval()
+    return make_tiny_bert(seed=0).eval()
 
 
 def _expected_flops(hidden: int, inner: int, ffn: int, batch: int) -> int:
@@ -30,21 +28,21 @@ def _expected_flops(hidden: int, inner: int, ffn: int, batch: int) -> int:
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_flop_count_covers_the_linear_layers_and_attention(teacher, batch):
-    assert speed.count_flops(teacher, batch, vocab=100) == _expected_flops(H, H, F, batch)
+    assert speed.count_flops(teacher, batch, vocab=VOCAB) == _expected_flops(H, H, F, batch)
 
 
 def test_sliced_model_has_the_flops_of_its_widths_and_the_masked_models_logits(teacher):
     masked, sliced, widths = speed.build(teacher, 0.5, multiple_of=1)
-    assert speed.max_logit_diff(masked, sliced, vocab=100) < speed.ATOL
+    assert speed.max_logit_diff(masked, sliced, vocab=VOCAB) < speed.ATOL
     assert len(set(widths.ffn)) == len(set(widths.heads)) == 1  # the same widths in every layer
     inner = widths.heads[0] * widths.head_size[0]
     assert widths.hidden < H and inner < H and widths.ffn[0] < F
-    assert speed.count_flops(sliced, 1, vocab=100) == _expected_flops(widths.hidden, inner, widths.ffn[0], 1)
-    assert speed.count_flops(masked, 1, vocab=100) == speed.count_flops(teacher, 1, vocab=100)
+    assert speed.count_flops(sliced, 1, vocab=VOCAB) == _expected_flops(widths.hidden, inner, widths.ffn[0], 1)
+    assert speed.count_flops(masked, 1, vocab=VOCAB) == speed.count_flops(teacher, 1, vocab=VOCAB)
 
 
 def test_time_shares_name_the_ops_a_bert_forward_spends_its_time_on(teacher):
-    shares = speed.time_shares(teacher, 2, vocab=100, forwards=1)
+    shares = speed.time_shares(teacher, 2, vocab=VOCAB, forwards=1)
     # If torch renamed an op, its time would fall into "other" and the breakdown would lie.
     assert {"linear", "attention", "gelu", "layer_norm"} <= set(shares)
     assert all(ms >= 0 for ms in shares.values()) and shares["linear"] > 0

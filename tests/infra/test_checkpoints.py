@@ -8,19 +8,17 @@ import random
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
 from infra.train import checkpoints
 from pruning.methods import build_method
+from tests.tiny import make_tiny_bert
 
 STEPS, CUT, PER_EPOCH = 12, 5, 4
 
 
 def _setup(seed: int = 0):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=2)
-    model = BertForSequenceClassification(config)
+    model = make_tiny_bert(seed, vocab_size=50)
     method = build_method("gmp", model, total_steps=STEPS, final_sparsity=0.6,
                           options={"update_every": 2})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -35,30 +33,24 @@ def _batch(step: int) -> dict[str, torch.Tensor]:
             "labels": torch.randint(0, 2, (4,), generator=g)}
 
 
-def _run(model, method, optimizer, scheduler, start: int, stop: int) -> list[float]:
+def _run(train_step, model, method, optimizer, scheduler, start: int, stop: int) -> list[float]:
     model.train()  # dropout on: the torch RNG state matters
     draws = []
     for step in range(start, stop):
-        method.on_step_start(step)
-        loss, _ = method.loss(model, _batch(step))
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        method.on_step_end(step)
-        optimizer.zero_grad(set_to_none=True)
+        train_step(method, _batch(step), optimizer, step=step, model=model, scheduler=scheduler)
         # The loop's other RNG consumers (python, numpy) must resume where they were too.
         draws.append(random.random() + float(np.random.rand()))
     return draws
 
 
-def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, train_step):
     random.seed(1), np.random.seed(1)
     straight = _setup()
-    draws_straight = _run(*straight, 0, STEPS)
+    draws_straight = _run(train_step, *straight, 0, STEPS)
 
     random.seed(1), np.random.seed(1)
     first = _setup()
-    draws_first = _run(*first, 0, CUT)
+    draws_first = _run(train_step, *first, 0, CUT)
     model, method, optimizer, scheduler = first
     checkpoints.save(tmp_path, module=model, method_state=method.state_dict(), optimizer=optimizer,
                      scheduler=scheduler, where=checkpoints.position(CUT, PER_EPOCH, 1, [7]))
@@ -67,7 +59,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
     resumed = _setup(seed=5)  # different initial weights: everything must come from the checkpoint
     where = checkpoints.load(tmp_path, module=resumed[0], method=resumed[1], optimizer=resumed[2],
                              scheduler=resumed[3], batches_per_epoch=PER_EPOCH, world_size=1)
-    draws_rest = _run(*resumed, where.step, STEPS)
+    draws_rest = _run(train_step, *resumed, where.step, STEPS)
 
     assert (where.step, where.epoch, where.batch, where.mask_checksums) == (CUT, 1, 1, [7])
     assert draws_first + draws_rest == draws_straight
@@ -77,9 +69,9 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
     assert straight[3].get_last_lr() == resumed[3].get_last_lr()
 
 
-def test_checkpoint_files_are_safetensors_and_json_only(tmp_path):
+def test_checkpoint_files_are_safetensors_and_json_only(tmp_path, train_step):
     model, method, optimizer, scheduler = _setup()
-    _run(model, method, optimizer, scheduler, 0, 3)
+    _run(train_step, model, method, optimizer, scheduler, 0, 3)
     checkpoints.save(tmp_path, module=model, method_state=method.state_dict(), optimizer=optimizer,
                      scheduler=scheduler, where=checkpoints.position(3, PER_EPOCH, 1))
     names = sorted(p.name for p in tmp_path.iterdir())
