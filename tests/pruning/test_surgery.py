@@ -9,17 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertForSequenceClassification, BertModel
 
 from pruning.accounting import count_params
 from pruning.compact import CompactBertForSequenceClassification, CompactBertModel, Widths, count_params_for
 from pruning.structured import StructuredMasks, select_masks, target_widths
 from pruning.surgery import MaskedLayerNorm, apply_structured_masks, slice_model
+from tests.tiny import VOCAB, tiny_bert_config
 
 ROOT = Path(__file__).resolve().parents[2]
-VOCAB = 100  # as tests/pruning/conftest.py
-CONFIG = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, num_labels=3)
+CONFIG = tiny_bert_config(num_labels=3)
 FULL = Widths.of_config(CONFIG)
 CASES = {  # (unit, widths): hidden pruned in all; a layer with no heads / no FFN / no inner dims
     "heads": ("heads", Widths(20, (1, 0), (16, 16), (10, 64))),
