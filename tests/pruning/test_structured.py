@@ -21,9 +21,9 @@ from pruning.structured import (
     target_widths,
     widths_from,
 )
+from tests.tiny import tiny_bert_config
 
-CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, num_labels=2)
+CONFIG = tiny_bert_config()
 FULL = Widths.of_config(CONFIG)
 
 
@@ -222,7 +222,6 @@ def test_budget_widths_of_a_real_size_model_are_multiples_and_meet_the_budget():
         assert count_params_for(config, rounded) >= 0.95 * count_params_for(config, exact)
 
 
-def test_tiny_models_keep_exact_widths_whatever_the_multiple():
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64)
+def test_tiny_models_keep_exact_widths_whatever_the_multiple(tiny_config):
+    config = tiny_config()
     assert target_widths(config, 0.4, multiple_of=16) == target_widths(config, 0.4)
