@@ -1,14 +1,11 @@
-"""HomoDistil: homotopic distillation into a physically smaller BERT (Liang et al.,
-ICLR 2023; METHODS.md section 2), in two stages.
+"""HomoDistil's stage a, task-agnostic: homotopic distillation (METHODS.md section 2).
 
-Stage a, `HomotopicDistiller` (task-agnostic): the student starts as an exact copy of
-the pre-trained teacher encoder and is distilled on unlabelled text while its hidden
-dimensions, attention heads (or inner dimensions) and FFN neurons are pruned a
-little at a time, by EMA-smoothed sensitivity, until the target widths; `export()`
-slices it into a pruning.compact.CompactBertModel.
-
-Stage b, `CompactFinetune`: the compact model with a classifier is fine-tuned on
-the task, distilling the fine-tuned teacher's logits.
+The student starts as an exact copy of the pre-trained teacher encoder and is
+distilled on unlabelled text while its hidden dimensions, attention heads (or inner
+dimensions) and FFN neurons are pruned a little at a time, by EMA-smoothed
+sensitivity, until the target widths; `export()` slices it into a
+pruning.compact.CompactBertModel, which stage b (pruning.methods.homodistil.finetuning)
+fine-tunes on the task.
 """
 
 from __future__ import annotations
@@ -20,20 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from pruning import losses
-from pruning.compact import ATTENTION_UNITS, AttentionUnit, CompactBertModel, Widths, count_params_for
-from pruning.features import capture_attention_scores, capture_output, mean_pool
-from pruning.methods.base import Batch, PruningMethod, task_loss
-from pruning.methods.dense import Dense
+from pruning.accounting import count_params_for
+from pruning.compact import CompactBertModel
+from pruning.compact_config import ATTENTION_UNITS, AttentionUnit, Widths
+from pruning.features import capture_attention_scores, mean_pool
+from pruning.group_scores import GroupScores, raw_group_scores
+from pruning.groups import StructuredMasks
+from pruning.methods.base import Batch, PruningMethod
 from pruning.schedules import END_FRACTION, CubicSchedule, cubic_sparsity
-from pruning.structured import (
-    GroupScores,
-    StructuredMasks,
-    raw_group_scores,
-    scheduled_widths,
-    select_masks,
-    target_widths,
-    widths_from,
-)
+from pruning.sizing import scheduled_widths, target_widths, widths_from
+from pruning.structured import select_masks
 from pruning.surgery import apply_structured_masks, slice_model
 
 Score = Literal["sensitivity", "sensitivity_abs_sum", "platon"]
@@ -90,7 +83,7 @@ class HomotopicDistiller(PruningMethod):
     The pooler is frozen: nothing in the loss reaches it (DDP would otherwise see an
     unused parameter); it is only sliced, and trained in stage b.
 
-    Pruning: group scores (pruning.structured.raw_group_scores; `score` "sensitivity"
+    Pruning: group scores (pruning.group_scores.raw_group_scores; `score` "sensitivity"
     = sum |w g|, "sensitivity_abs_sum" = |sum w g|, "platon" = EMA importance times
     EMA uncertainty with beta2 `uncertainty_beta`) are smoothed by an EMA of
     `ema_beta` after every optimizer step; every `update_every` steps each group type
@@ -278,50 +271,3 @@ def reinitialise(model: nn.Module) -> None:
             if isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-
-
-class CompactFinetune(Dense):
-    """Stage b: fine-tune the compact student on the task, distilling the task teacher.
-
-    `student`: CompactBertForSequenceClassification loaded from stage a's export (its
-    `classifier` outputs the logits in both layouts: BERT's linear classifier, or
-    RoBERTa's head); `teacher`: the fine-tuned Bert-, Roberta- or
-    XLMRobertaForSequenceClassification. Loss: task loss
-    (pruning.methods.base.task_loss) + kd_weight * KL(teacher || student) on the
-    logits at `temperature` (MSE of the logits for regression, num_labels 1);
-    kd_weight = 0 skips the teacher's forward. Nothing is pruned here: the student is
-    already physically smaller, its weights dense. `final_sparsity` is the parameter
-    budget stage a cut it to (1 - kept fraction of the full model's parameters); it is
-    only reported, so grid jobs of both stages carry the same budget.
-    """
-
-    name = "homodistil"
-
-    def __init__(self, student: nn.Module, *, teacher: nn.Module, total_steps: int,
-                 final_sparsity: float = 0.0, kd_weight: float = 1.0,
-                 temperature: float = 1.0) -> None:
-        if kd_weight < 0 or temperature <= 0:
-            raise ValueError(f"need kd_weight >= 0 and temperature > 0, got {kd_weight}, {temperature}")
-        if not hasattr(student, "classifier"):
-            raise ValueError(f"{type(student).__name__} has no classifier; load the stage-a export "
-                             "as CompactBertForSequenceClassification")
-        self.student, self.teacher = student, teacher.eval().requires_grad_(False)
-        self.total_steps, self.kd_weight, self.temperature = total_steps, kd_weight, temperature
-        self.budget = final_sparsity
-
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Task loss plus logit distillation; model is the possibly DDP-wrapped student."""
-        with capture_output(self.student.classifier) as logits:  # one forward serves both terms
-            task = task_loss(model, batch)
-        logs = {"task_loss": float(task.detach())}
-        if self.kd_weight == 0:
-            return task, logs
-        student = logits[-1]
-        if next(self.teacher.parameters()).device != student.device:
-            self.teacher.to(student.device)
-        with torch.no_grad():
-            teacher = self.teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        kd = (losses.mse_logits(student, teacher) if student.shape[-1] == 1
-              else losses.kl_logits(student, teacher, self.temperature))
-        logs["kd_loss"] = float(kd.detach())
-        return task + self.kd_weight * kd, logs
