@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from pruning.targets import encoder_linear_weights
 
@@ -45,13 +43,8 @@ def test_bare_bert_model_and_ddp_style_prefix(tiny_bert):
     assert list(encoder_linear_weights(wrapped)) == ["module." + n for n in _expected("bert", 2)]
 
 
-def test_xlm_roberta_layout():
-    torch.manual_seed(0)
-    config = XLMRobertaConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=2, max_position_embeddings=40,
-    )
-    model = XLMRobertaForSequenceClassification(config)
+def test_xlm_roberta_layout(tiny_roberta):
+    model = tiny_roberta("xlm-roberta")
     assert list(encoder_linear_weights(model)) == _expected("roberta", 2)
 
 
