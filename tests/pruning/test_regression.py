@@ -7,14 +7,13 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertForSequenceClassification, BertModel
 
 from pruning.compact import CompactBertForSequenceClassification
 from pruning.methods import METHOD_NAMES, build_distiller, build_method
+from tests.tiny import tiny_bert_config
 
-CONFIG = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, num_labels=1, hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0)
+CONFIG = tiny_bert_config(num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 STEPS = 6
 
 
@@ -47,21 +46,16 @@ def _student(name: str, teacher: BertForSequenceClassification) -> torch.nn.Modu
 
 
 @pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n != "dense"])
-def test_every_method_trains_a_regression_head(name: str) -> None:
+def test_every_method_trains_a_regression_head(name: str, train_step) -> None:
     torch.manual_seed(0)
     teacher = BertForSequenceClassification(CONFIG).eval()
     student = _student(name, teacher)
     method = build_method(name, student, teacher=teacher, total_steps=STEPS,
                           final_sparsity=0.5, options={})
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    for step in range(STEPS):
-        method.on_step_start(step)
-        loss, logs = method.loss(student, _batch(step))
-        assert torch.isfinite(loss) and loss.ndim == 0, (name, step, logs)
-        loss.backward()
-        optimizer.step()
-        method.on_step_end(step)
-        optimizer.zero_grad()
+    for step in range(STEPS):  # a NaN or infinite loss raises NonFiniteLossError
+        loss, logs = train_step(method, _batch(step), optimizer, step=step, model=student)
+        assert loss.ndim == 0, (name, step, logs)
     with torch.no_grad():
         scores = student(**{k: v for k, v in _batch(99).items() if k != "labels"}).logits
     assert scores.shape == (8, 1) and bool(torch.isfinite(scores).all())
