@@ -7,7 +7,6 @@ folder (PREFECT_HOME, PRUNEGRID_HOME, HF_HOME, RAY_TMPDIR) in a temp dir of this
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -15,15 +14,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from torch import Tensor, nn
 from transformers import BertConfig
 
 from infra.experiment.settings import OFFLINE_ENV
 from infra.stack.local_stack import LocalStack, ServiceInfo
-from infra.train import loop
-from pruning.methods import PruningMethod
-from tests.tiny import make_tiny_bert, make_tiny_encoder, random_batch, tiny_bert_config
+from tests import tiny
 
 # Servers the developer may have exported for `make demo`; tests must not write to them.
 _OUTSIDE_SERVERS = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_API_KEY", "RAY_ADDRESS")
@@ -54,43 +50,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture
 def tiny_config() -> Callable[..., BertConfig]:
     """tiny_bert_config(**overrides): the BertConfig of hidden 32, 2 layers (tests/tiny.py)."""
-    return tiny_bert_config
+    return tiny.tiny_bert_config
 
 
 @pytest.fixture
 def tiny_encoder() -> Callable[..., nn.Module]:
     """make_tiny_encoder(seed=0, **config overrides): a BertModel of the tiny config."""
-    return make_tiny_encoder
+    return tiny.make_tiny_encoder
 
 
 @pytest.fixture
 def tiny_bert() -> Callable[..., nn.Module]:
     """make_tiny_bert(seed=0, **config overrides): a BertForSequenceClassification, 2 labels."""
-    return make_tiny_bert
+    return tiny.make_tiny_bert
 
 
 @pytest.fixture
 def make_batch() -> Callable[..., dict[str, Tensor]]:
     """random_batch(generator, size=4, length=8): ids, masks [B, T] and labels [B]."""
-    return random_batch
+    return tiny.random_batch
 
 
 @pytest.fixture
 def train_step() -> Callable[..., tuple[Tensor, dict[str, float]]]:
-    """One optimizer step of the product's loop (infra.train.loop.train_step), for a test.
-
-    `step(method, batch, optimizer, step=i, model=None, scheduler=None, max_grad_norm=inf)`:
-    `model` defaults to `method.module`; no clipping unless asked, so a test's numbers are
-    those of its plain optimizer. Returns the loss [] and the method's logs.
-    """
-
-    def one_step(method: PruningMethod, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer, *,
-             step: int, model: nn.Module | None = None, scheduler: object = None,
-             max_grad_norm: float = math.inf) -> tuple[Tensor, dict[str, float]]:
-        return loop.train_step(method, method.module if model is None else model, batch, optimizer,
-                               scheduler, step=step, max_grad_norm=max_grad_norm)
-
-    return one_step
+    """train_step(method, batch, optimizer, *, step, model=None, scheduler=None, max_grad_norm=inf):
+    one step of the product's loop (infra.train.loop.train_step) as a test takes it (tests/tiny.py)."""
+    return tiny.train_step
 
 
 @pytest.fixture(scope="session")
