@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from infra.evaluate import evaluation
 from infra.models import pretrained  # noqa: E402
 from infra.experiment.config import ConfigError, TaskSpec, parse_config  # noqa: E402
 from infra.experiment.preflight import split_spec, task_source  # noqa: E402
+from tests.fixtures.regenerate import regenerate  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GLUE, XGLUE = FIXTURES / "glue", FIXTURES / "xglue"
@@ -90,15 +90,8 @@ def test_unknown_task_and_language_are_named() -> None:
 
 
 def test_benchmark_fixtures_are_reproducible(tmp_path: Path) -> None:
-    module_spec = importlib.util.spec_from_file_location("mk", FIXTURES / "make_benchmark_fixtures.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    module.main(tmp_path)
-    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    assert len(written) == 14
-    for rel in written:
-        assert (tmp_path / rel).read_bytes() == (FIXTURES / rel).read_bytes(), f"rerun the generator: {rel}"
-        assert (FIXTURES / rel).stat().st_size < 4096
+    written = regenerate("make_benchmark_fixtures.py", tmp_path)
+    assert len(written) == 14 and all((FIXTURES / rel).stat().st_size < 4096 for rel in written)
 
 
 CASES = {  # subset -> (raw file, text column, pair column, label kind, eval splits -> file)
