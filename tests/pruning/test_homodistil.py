@@ -17,11 +17,10 @@ from pruning.compact import CompactBertForSequenceClassification, CompactBertMod
 from pruning.methods import METHOD_SPECS, PruningMethod, build_method
 from pruning.methods.base import task_loss
 from pruning.methods.homodistil import CompactFinetune, HomotopicDistiller
+from tests.tiny import VOCAB, tiny_bert_config, train_step
 
-VOCAB = 100  # as tests/pruning/conftest.py
 # No dropout: the distiller's runs must be reproducible step for step.
-CONFIG = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CONFIG = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 TOTAL_STEPS = 9  # widths shrink up to step 6 (2/3 of the run), then stay
 KEEP = 0.5
 
@@ -56,16 +55,11 @@ def _roberta_batch(step: int) -> dict[str, torch.Tensor]:
 
 def _run(method: HomotopicDistiller, optimizer: torch.optim.Optimizer, steps: range,
          batch: Callable[[int], dict[str, torch.Tensor]] = _batch) -> list[Widths]:
-    """The loop's order: start, loss, backward, step, on_step_end (gradients still there), zero_grad."""
+    """The product's step (start, loss, backward, step, on_step_end with the gradients still
+    there, zero_grad; a non-finite loss raises); the widths after each step."""
     widths = []
     for step in steps:
-        method.on_step_start(step)
-        loss, _ = method.loss(method.module, batch(step))
-        assert torch.isfinite(loss), step
-        loss.backward()
-        optimizer.step()
-        method.on_step_end(step)
-        optimizer.zero_grad()
+        train_step(method, batch(step), optimizer, step=step)
         widths.append(method.masks.widths())
     return widths
 
