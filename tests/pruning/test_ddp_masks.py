@@ -15,19 +15,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertForSequenceClassification, BertModel
 
 from pruning.methods import build_distiller, build_method
+from tests.tiny import tiny_bert_config, train_step
 
 STEPS = 8
 METHODS = ("gmp", "sdp", "sparsebert", "homodistil")
-CONFIG = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-              intermediate_size=64)
+CONFIG = tiny_bert_config(vocab_size=60)
 
 
 def _batch(rank: int, step: int, labels: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 * rank + step)  # each rank its own shard
-    batch = {"input_ids": torch.randint(0, 60, (4, 8), generator=g),
+    batch = {"input_ids": torch.randint(0, CONFIG.vocab_size, (4, 8), generator=g),
              "attention_mask": torch.ones(4, 8, dtype=torch.long)}
     if labels:
         batch["labels"] = torch.randint(0, 2, (4,), generator=g)
@@ -37,13 +37,12 @@ def _batch(rank: int, step: int, labels: bool) -> dict[str, torch.Tensor]:
 def _method(name: str):
     torch.manual_seed(0)  # the same initial weights on every rank, as Ray Train's loop has
     if name == "homodistil":
-        student, teacher = BertModel(BertConfig(**CONFIG)), BertModel(BertConfig(**CONFIG))
+        student, teacher = BertModel(CONFIG), BertModel(CONFIG)
         teacher.load_state_dict(student.state_dict())
         return build_distiller(name, student, teacher=teacher, total_steps=STEPS, final_sparsity=0.6,
                                options={"update_every": 2})
-    config = BertConfig(**CONFIG, num_labels=2)
-    student = BertForSequenceClassification(config)
-    teacher = BertForSequenceClassification(config)
+    student = BertForSequenceClassification(CONFIG)
+    teacher = BertForSequenceClassification(CONFIG)
     options = {"update_every": 2} if name in ("gmp", "sdp") else {}
     return build_method(name, student, teacher=teacher, total_steps=STEPS, final_sparsity=0.6,
                         options=options)
@@ -54,13 +53,9 @@ def _checksum_after_training(rank: int, name: str) -> int:
     module = getattr(method, "module", method.student)
     model = DistributedDataParallel(module)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
-    for step in range(STEPS):
-        method.on_step_start(step)
-        loss, _ = method.loss(model, _batch(rank, step, labels=name != "homodistil"))
-        loss.backward()
-        optimizer.step()
-        method.on_step_end(step)
-        optimizer.zero_grad(set_to_none=True)
+    for step in range(STEPS):  # the product's step, through the DDP wrapper
+        train_step(method, _batch(rank, step, labels=name != "homodistil"), optimizer, step=step,
+                   model=model)
     return method.mask_checksum()
 
 
