@@ -15,8 +15,7 @@ from pruning.compact import (
     register_compact_bert,
 )
 from pruning.layouts import CompactRobertaEmbeddings
-
-VOCAB = 100  # as tests/pruning/conftest.py
+from tests.tiny import SIZES, VOCAB
 
 
 def _config(**overrides: object) -> CompactBertConfig:
@@ -50,8 +49,7 @@ def test_layers_take_their_own_widths():
 
 
 def test_defaults_are_uniform_bert_widths():
-    config = CompactBertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                               num_attention_heads=2, intermediate_size=64)
+    config = CompactBertConfig(**SIZES)  # the tiny BERT's sizes
     assert config.layer_num_heads == [2, 2]
     assert config.layer_head_size == [16, 16]
     assert config.layer_intermediate_size == [64, 64]
