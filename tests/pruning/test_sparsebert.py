@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from pruning.accounting import encoder_sparsity, matrix_sparsities
 from pruning.masks import kept_count
@@ -78,7 +78,7 @@ def test_about_100_mask_updates_over_the_whole_run_without_warm_up(tiny_bert):
     assert given.schedule.update_every == 3
 
 
-def test_training_reaches_exact_sparsity_and_only_the_student_learns(tiny_bert, make_batch):
+def test_training_reaches_exact_sparsity_and_only_the_student_learns(tiny_bert, make_batch, train_step):
     total = 10
     teacher = tiny_bert(seed=1)
     method = SparseBert(tiny_bert(), teacher=teacher, final_sparsity=TARGET, total_steps=total,
@@ -87,14 +87,10 @@ def test_training_reaches_exact_sparsity_and_only_the_student_learns(tiny_bert, 
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     generator = torch.Generator().manual_seed(1)
     for step in range(total):
-        method.on_step_start(step)
-        loss, logs = method.loss(method.student, make_batch(generator, size=4, length=6))
+        _, logs = train_step(method, make_batch(generator, size=4, length=6), opt, step=step)
         assert set(logs) >= {"task_loss", "hidden_loss", "attention_loss", "prediction_loss"}
-        loss.backward()
+        # zero_grad clears the student's gradients only: a teacher gradient would still be here.
         assert all(p.grad is None for p in teacher.parameters())
-        opt.step()
-        opt.zero_grad()
-        method.on_step_end(step)
         for name, w in method.params.items():
             assert bool((w.detach()[~method.masks[name]] == 0).all()), (step, name)
     for name, w in method.params.items():
@@ -104,11 +100,8 @@ def test_training_reaches_exact_sparsity_and_only_the_student_learns(tiny_bert, 
     assert all(torch.equal(p.detach(), teacher_before[n]) for n, p in teacher.named_parameters())
 
 
-def test_regression_uses_mse_to_gold(make_batch):
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=1)
-    student = BertForSequenceClassification(config).eval()
+def test_regression_uses_mse_to_gold(tiny_bert, make_batch):
+    student = tiny_bert(num_labels=1).eval()
     method = SparseBert(student, teacher=copy.deepcopy(student), final_sparsity=0.5, total_steps=10)
     batch = make_batch(torch.Generator().manual_seed(0))
     batch["labels"] = torch.tensor([0.5, 1.0, -1.0, 2.0])
@@ -118,9 +111,8 @@ def test_regression_uses_mse_to_gold(make_batch):
     assert logs["prediction_loss"] == pytest.approx(float(F.mse_loss(pred, batch["labels"])), rel=1e-5)
 
 
-def test_mismatched_teacher_is_refused(tiny_bert):
+def test_mismatched_teacher_is_refused(tiny_bert, tiny_config):
     torch.manual_seed(0)
-    wide = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2,
-                                                    num_attention_heads=2, intermediate_size=64))
+    wide = BertForSequenceClassification(tiny_config(hidden_size=64))
     with pytest.raises(ValueError, match="must match"):
         SparseBert(tiny_bert(), teacher=wide, final_sparsity=0.5, total_steps=10)
