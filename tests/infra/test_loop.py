@@ -1,4 +1,4 @@
-"""The one training step and fit loop (infra.train.loop), on a tiny BERT built from a config."""
+"""The one training step and fit loop (infra.train.loop), on the tiny BERT of tests/tiny.py."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pyarrow as pa
 import pytest
 import torch
 from torch import Tensor, nn
-from transformers import BertConfig, BertForSequenceClassification
 
 from infra import data
 from infra.train import checkpoints, loop
 from pruning.methods import PruningMethod, build_method
 from pruning.methods.base import Batch, task_loss
+from tests.tiny import VOCAB, make_tiny_bert as tiny_bert
 
-VOCAB, STEPS = 50, 12
+STEPS = 12
 
 
 @pytest.fixture(autouse=True)
@@ -26,13 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)  # tiny models only lose to thread overhead on a shared machine
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=2))
 
 
 def batch_at(step: int) -> Batch:
