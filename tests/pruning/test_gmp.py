@@ -10,6 +10,7 @@ from pruning.accounting import encoder_sparsity, matrix_sparsities
 from pruning.masks import kept_count
 from pruning.methods import PruningMethod
 from pruning.methods.gmp import GradualMagnitude
+from tests.tiny import train_step
 
 TOTAL_STEPS = 12  # end_step 8 (2/3 of the run), then 4 fixed-mask steps
 TARGET = 0.8
@@ -38,22 +39,17 @@ def _train(
     steps: int,
     check: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
-    """The loop infra/ runs, minus DDP; returns the masks after each update step."""
+    """The step infra/ runs (its train_step), minus DDP; returns the masks after each update step."""
     model = method.student
     opt = OPTIMIZERS[optimizer](model.parameters())
     generator = torch.Generator().manual_seed(1)
     seen = []
     for step in range(steps):
-        method.on_step_start(step)
-        if method.schedule.is_update_step(step):
+        _, logs = train_step(method, make_batch(generator, size=2, length=6), opt, step=step)
+        if method.schedule.is_update_step(step):  # masks change only as such a step starts
             seen.append({n: m.clone() for n, m in method.masks.items()})
-        loss, logs = method.loss(model, make_batch(generator, size=2, length=6))
         assert set(logs) == {"task_loss", "sparsity"}
         assert all(isinstance(v, float) for v in logs.values())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        method.on_step_end(step)
         if check:
             for name, w in method.params.items():
                 assert bool((w.detach()[~method.masks[name]] == 0).all()), (step, name)
