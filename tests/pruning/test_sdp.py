@@ -11,6 +11,7 @@ from pruning.accounting import encoder_sparsity, matrix_sparsities
 from pruning.masks import kept_count
 from pruning.methods import METHOD_SPECS, PruningMethod, build_method, method_options
 from pruning.methods.sdp import SelfDistilled
+from tests.tiny import train_step
 
 TOTAL_STEPS = 12  # end_step 8 (2/3 of the run), then 4 fixed-mask steps
 TARGET = 0.8
@@ -29,18 +30,14 @@ def _sdp(tiny_bert, **options: object) -> SelfDistilled:
 
 def _train(method: SelfDistilled, optimizer: str, make_batch: Callable, steps: int,
            check: bool = True) -> None:
-    """The loop infra/ runs, minus DDP."""
+    """The step infra/ runs (its train_step: a non-finite loss raises), minus DDP."""
     model = method.student
     opt = OPTIMIZERS[optimizer](model.parameters())
     generator = torch.Generator().manual_seed(1)
     for step in range(steps):
-        method.on_step_start(step)
-        loss, logs = method.loss(model, make_batch(generator, size=8, length=6))
-        assert torch.isfinite(loss) and all(isinstance(v, float) for v in logs.values())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        method.on_step_end(step)
+        batch = make_batch(generator, size=8, length=6)
+        _, logs = train_step(method, batch, opt, step=step, model=model)
+        assert all(isinstance(v, float) for v in logs.values())
         if check:
             for name, w in method.params.items():
                 assert bool((w.detach()[~method.masks[name]] == 0).all()), (step, name)
