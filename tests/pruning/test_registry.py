@@ -66,14 +66,10 @@ def test_dense_refuses_a_sparsity(tiny_bert):
         build_method("dense", tiny_bert(), total_steps=10, final_sparsity=0.5, options={})
 
 
-def test_dense_trains_without_masks(tiny_bert, make_batch):
+def test_dense_trains_without_masks(tiny_bert, make_batch, train_step):
     method = Dense(tiny_bert())
     optimizer = torch.optim.AdamW(method.student.parameters(), lr=1e-3)
-    method.on_step_start(0)
-    loss, logs = method.loss(method.student, make_batch(torch.Generator().manual_seed(0)))
-    loss.backward()
-    optimizer.step()
-    method.on_step_end(0)
+    loss, logs = train_step(method, make_batch(torch.Generator().manual_seed(0)), optimizer, step=0)
     assert loss.ndim == 0 and logs["task_loss"] == pytest.approx(loss.item())
     assert method.target_sparsity() == 0.0 and method.state_dict() == {}
     batch = make_batch(torch.Generator().manual_seed(0))
