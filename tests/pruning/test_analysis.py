@@ -115,18 +115,13 @@ def test_a_record_stops_at_the_next_update():
     assert [len(r["after"]) for r in tracker.records] == [2, 3]
 
 
-def test_gmp_records_a_recovery_curve(tiny_bert, make_batch):
+def test_gmp_records_a_recovery_curve(tiny_bert, make_batch, train_step):
     method = GradualMagnitude(tiny_bert(), final_sparsity=0.8, total_steps=12, update_every=3,
                               recovery_steps=2)
     opt = torch.optim.AdamW(method.student.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     for step in range(12):
-        method.on_step_start(step)
-        loss, _ = method.loss(method.student, make_batch(generator))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        method.on_step_end(step)
+        train_step(method, make_batch(generator), opt, step=step)
     assert [r["step"] for r in method.recovery.records] == [3, 6, 8]
     assert [len(r["after"]) for r in method.recovery.records] == [3, 2, 3]
     assert method.recovery.to_dict()["summary"]["recovery_updates"] == 3
