@@ -69,7 +69,8 @@ def test_pre_softmax_scores_are_captured_from_roberta_layers(tiny_roberta, make_
 
 
 @pytest.mark.parametrize("name", ["gmp", "sdp", "sparsebert"])
-def test_unstructured_methods_prune_an_xlm_roberta_classifier(tiny_roberta, make_roberta_batch, name):
+def test_unstructured_methods_prune_an_xlm_roberta_classifier(tiny_roberta, make_roberta_batch, train_step,
+                                                                name):
     student = tiny_roberta("xlm-roberta")
     teacher = copy.deepcopy(student) if METHOD_SPECS[name].needs_teacher else None
     method = build_method(name, student, teacher=teacher, total_steps=6, final_sparsity=0.7,
@@ -77,14 +78,9 @@ def test_unstructured_methods_prune_an_xlm_roberta_classifier(tiny_roberta, make
     head = copy.deepcopy(student.classifier.state_dict())
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(1)
-    for step in range(6):  # the loop's order (infra/train/ray_job.py)
-        method.on_step_start(step)
-        loss, logs = method.loss(student, make_roberta_batch(generator))
-        assert torch.isfinite(loss) and all(math.isfinite(v) for v in logs.values()), logs
-        loss.backward()
-        optimizer.step()
-        method.on_step_end(step)
-        optimizer.zero_grad(set_to_none=True)
+    for step in range(6):  # the product's step (a non-finite loss raises)
+        _, logs = train_step(method, make_roberta_batch(generator), optimizer, step=step, model=student)
+        assert all(math.isfinite(v) for v in logs.values()), logs
     assert encoder_sparsity(student) == pytest.approx(0.7, abs=0.01)
     assert len(matrix_sparsities(student)) == 12  # every roberta.encoder.layer.<i> matrix
     # The head (dense + out_proj) trains but is never pruned.
