@@ -10,9 +10,10 @@ MiniLM with layers dropped (about the same non-zero count, fine-tuned like the t
 separability and SNR of SDP vs GMP models; recovery after mask updates; and the step-time
 cost of each method over a dense fine-tuning step, all on one batch in one process.
 
-Jobs run in this process with the loop of infra/ray_job.py minus Ray (same methods, data
-batches, optimizer groups, schedule and clipping), so nothing but CPU is needed. A part
-that is re-run replaces its section of the results file; the others are kept.
+Jobs run in this process through infra.train.loop, the training step and loop the Ray workers
+run (same methods, data batches, optimizer groups, schedule and clipping), without Ray, so
+nothing but CPU is needed. A part that is re-run replaces its section of the results file;
+the others are kept.
 """
 
 from __future__ import annotations
@@ -27,19 +28,19 @@ import statistics
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 from torch import nn
-from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
 from infra import data
 from infra.evaluate import evaluation
 from infra.models import pretrained
-from infra.train import ray_job
+from infra.train import loop
 from infra.experiment.config import TrainSpec, load_config
 from infra.experiment.preflight import split_spec, task_source
 from infra.experiment import paths
 from infra.experiment.settings import Settings
-from pruning.methods import METHOD_SPECS, build_method
+from pruning.methods import METHOD_SPECS, PruningMethod, build_method
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.5, 0.7, 0.9)
@@ -71,65 +72,48 @@ class Setup:
 def prepare(config: Path, scale: dict, work: Path, threads: int) -> Setup:
     cfg = load_config(config)
     task = cfg.tasks[0]
-    pretrained = pretrained.resolve_model_dir(cfg.model.name)
+    model_dir = pretrained.resolve_model_dir(cfg.model.name)
     split = split_spec(task)
     if scale["train"]:
         split = dataclasses.replace(split, max_train_examples=scale["train"],
                                     max_eval_examples=scale["eval"])
-    ref = data.prepare(task_source(task), split, pretrained.load_tokenizer(pretrained), cfg.model.max_length,
+    ref = data.prepare(task_source(task), split, pretrained.load_tokenizer(model_dir), cfg.model.max_length,
                        paths.data_dir(work))
-    return Setup(cfg, pretrained, ref, work, threads)
-
-
-def one_step(method, model: nn.Module, optimizer, scheduler, batch, step: int, max_grad_norm: float):
-    """One optimizer step exactly as infra.train.ray_job.train_loop takes it."""
-    method.on_step_start(step)
-    loss, logs = method.loss(model, batch)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    method.on_step_end(step)  # before zero_grad, as the loop: scores may read the gradients
-    optimizer.zero_grad(set_to_none=True)
-    return loss, logs
+    return Setup(cfg, model_dir, ref, work, threads)
 
 
 def train(setup: Setup, name: str, student: nn.Module, spec: TrainSpec, *, sparsity: float, seed: int,
           teacher: nn.Module | None = None, constant_lr: bool = False, options: dict | None = None):
     """Train `student` with method `name`; returns the method (its masks and recovery curve)."""
     table = data.read_split(setup.ref, "train")
-    total = total_steps(table, spec)
-    method = build_method(name, student, teacher=teacher, total_steps=total, final_sparsity=sparsity,
-                          options=options or {})
-    fit(method, student, table, spec, seed=seed, constant_lr=constant_lr)
+    method = build_method(name, student, teacher=teacher, total_steps=steps_of(table, spec),
+                          final_sparsity=sparsity, options=options or {})
+    train_method(method, table, spec, seed=seed, constant_lr=constant_lr)
     return method
 
 
-def total_steps(table, spec: TrainSpec) -> int:
-    """Optimizer steps of `spec.epochs` over `table` (as infra.train.ray_job counts them)."""
-    return max(1, math.ceil(spec.epochs * data.num_batches(table, spec.batch_size, drop_last=True)))
+def steps_of(table: pa.Table, spec: TrainSpec) -> int:
+    """Optimizer steps of `spec.epochs` over `table` (as the Ray workers count them)."""
+    return loop.total_steps(spec.epochs, data.num_batches(table, spec.batch_size, drop_last=True))
 
 
-def fit(method, student: nn.Module, table, spec: TrainSpec, *, seed: int, constant_lr: bool = False) -> None:
-    """The loop of infra.train.ray_job minus Ray: `method.module` (else the student) is trained."""
-    module = getattr(method, "module", student)
+def train_method(method: PruningMethod, table: pa.Table, spec: TrainSpec, *, seed: int,
+                 constant_lr: bool = False) -> None:
+    """infra.train.loop.fit on one process: `method.module` trained for `steps_of(table, spec)`."""
     per_epoch = data.num_batches(table, spec.batch_size, drop_last=True)
-    total = total_steps(table, spec)
-    optimizer = torch.optim.AdamW(ray_job._param_groups(module, spec.weight_decay), lr=spec.learning_rate)
-    scheduler = (get_constant_schedule(optimizer) if constant_lr else
-                 get_linear_schedule_with_warmup(optimizer, int(spec.warmup_fraction * total), total))
-    pad = getattr(student.config, "pad_token_id", 0) or 0
+    total = steps_of(table, spec)
+    optimizer = loop.make_optimizer(method.module, learning_rate=spec.learning_rate,
+                                    weight_decay=spec.weight_decay)
+    scheduler = loop.make_scheduler(optimizer, total_steps=total, warmup_fraction=spec.warmup_fraction,
+                                    constant=constant_lr)
+    pad = getattr(method.student.config, "pad_token_id", 0) or 0
+    stream = loop.stream_epochs(
+        lambda epoch: data.batches(table, spec.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                   pad_token_id=pad, drop_last=True),
+        start=0, batches_per_epoch=per_epoch)
     torch.manual_seed(seed)  # dropout
-    module.train()
-    step = 0
-    while step < total:
-        for batch in data.batches(table, spec.batch_size, shuffle=True, seed=seed, epoch=step // per_epoch,
-                                  pad_token_id=pad, drop_last=True):
-            if step >= total:
-                break
-            one_step(method, module, optimizer, scheduler, batch, step, spec.max_grad_norm)
-            step += 1
+    loop.fit(method, method.module, stream, steps=total, optimizer=optimizer, scheduler=scheduler,
+             max_grad_norm=spec.max_grad_norm)
 
 
 def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> dict[str, float]:
@@ -158,7 +142,8 @@ def drop_layers(model: nn.Module, keep: int) -> nn.Module:
 # ---------------------------------------------------------------- the accuracy claims
 
 
-def _stats(values: list[float]) -> dict:
+def describe(values: list[float]) -> dict:
+    """mean, std (0 for one value), min, max and the values themselves."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "values": values}
 
@@ -182,7 +167,7 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
     small_dense: dict[tuple[int, int], dict] = {}
 
     def record(key: str, metrics: dict, method=None) -> None:
-        summary = method.recovery.summary() if method is not None and hasattr(method, "recovery") else {}
+        summary = method.recovery.summary() if method is not None and method.recovery is not None else {}
         runs.setdefault(key, []).append(metrics | summary)
 
     for seed in seeds:
@@ -214,7 +199,7 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
 
 def _metric(runs: list[dict], key: str) -> dict | None:
     values = [r[key] for r in runs if key in r and not math.isnan(r[key])]
-    return _stats(values) if values else None
+    return describe(values) if values else None
 
 
 def summarise(teacher: dict, runs: dict[str, list[dict]]) -> dict:
@@ -275,7 +260,7 @@ def run_step_time(setup: Setup, repeats: int, log, sparsity: float = 0.9) -> dic
                               final_sparsity=0.0 if name == "dense" else sparsity, options={})
         if name != "dense":
             method.update_masks(method.schedule.end_step)  # time at the final sparsity
-        optimizer = torch.optim.AdamW(ray_job._param_groups(student, spec.weight_decay), lr=1e-6)
+        optimizer = torch.optim.AdamW(loop.param_groups(method.module, spec.weight_decay), lr=1e-6)
         runners[name] = (method, student, optimizer)
     updater = build_method("gmp", copy.deepcopy(base), total_steps=total, final_sparsity=sparsity, options={})
     mid = (updater.schedule.start_step + updater.schedule.end_step) // 2
@@ -284,7 +269,8 @@ def run_step_time(setup: Setup, repeats: int, log, sparsity: float = 0.9) -> dic
         for name, (method, student, optimizer) in runners.items():
             step = total + r if name != "dense" else r  # past end_step: no mask update
             start = time.perf_counter()
-            one_step(method, student, optimizer, None, batch, step, spec.max_grad_norm)
+            loop.train_step(method, student, batch, optimizer, None, step=step,
+                            max_grad_norm=spec.max_grad_norm)
             times[name].append(time.perf_counter() - start)
         updater.masks = {n: torch.ones_like(m) for n, m in updater.masks.items()}
         start = time.perf_counter()

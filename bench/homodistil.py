@@ -15,7 +15,7 @@ Per parameter budget (fraction of the model's parameters kept, embeddings includ
   distilled the same way (TinyBERT-style general distillation, no homotopic path);
 - gmp_equal_nonzero: GMP from the teacher with the word embeddings pruned too, at the
   sparsity that leaves the same non-zero count as the HomoDistil student.
-Jobs run in this process with bench.claims' loop (infra.train.ray_job's loop minus Ray).
+Jobs run in this process through bench.claims.train_method (infra.train.loop, without Ray).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def distil(setup: claims.Setup, text: corpus.CorpusRef, budget: float, seed: int
     student = pretrained.load_encoder(setup.pretrained, seed=seed)
     teacher = pretrained.load_encoder(setup.pretrained, seed=seed)
     options = {k: v[0] for k, v in setup.cfg.grid.options.get("homodistil", {}).items()} | {"path": path}
-    method = build_distiller("homodistil", student, teacher=teacher, total_steps=claims.total_steps(table, spec),
+    method = build_distiller("homodistil", student, teacher=teacher, total_steps=claims.steps_of(table, spec),
                              final_sparsity=budget, options=options)
-    claims.fit(method, student, table, spec, seed=seed)
+    claims.train_method(method, table, spec, seed=seed)
     folder = paths.models_dir(setup.work) / f"distilled-{path}-{budget}-{seed}"
     return str(pretrained.save_model(method.export(), setup.tokenizer, folder))
 
@@ -118,7 +118,7 @@ KEYS = ("test_accuracy", "dev_accuracy", "model_nonzero_params", "size_mb", "dis
 
 
 def summarise(teacher: dict, runs: dict[str, list[dict]], budgets: list[float]) -> dict:
-    table = {run: {k: claims._stats([r[k] for r in rs]) for k in KEYS if all(k in r for r in rs)}
+    table = {run: {k: claims.describe([r[k] for r in rs]) for k in KEYS if all(k in r for r in rs)}
              for run, rs in runs.items()}
     comparisons = {}
     for budget in budgets:
