@@ -15,19 +15,24 @@ from pruning.masks import sensitivity_scores
 
 
 def raw_group_scores(
-    model: nn.Module, masks: StructuredMasks, *, abs_of_sum: bool = False
+    model: nn.Module, masks: StructuredMasks, *, abs_of_sum: bool = False,
+    present: StructuredMasks | None = None,
 ) -> dict[str, Tensor]:
     """Score each group from the current gradients (call after backward).
 
     Default: sum over the group's weights and biases of |w * dL/dw|; abs_of_sum:
     |sum w * dL/dw|. Frozen parameters (requires_grad False) contribute nothing.
+    `present`: the groups `model` still holds after it was cut to them
+    (pruning.surgery.reslice); the others score 0, as pruned groups of a masked model do.
 
     Returns:
         "hidden" [H], "attention.<i>" [n_heads] (unit "heads") or
-        [n_heads * head_size] (unit "inner"), "ffn.<i>" [I]; float32.
+        [n_heads * head_size] (unit "inner"), "ffn.<i>" [I]; float32, at the masks'
+        full widths.
     """
     params = dict(model.named_parameters())
-    totals = {g: torch.zeros(v.numel(), device=v.device) for g, v in masks.group_vectors().items()}
+    held = masks.group_vectors(present)
+    totals = {g: torch.zeros(v.numel(), device=v.device) for g, v in held.items()}
     for name, groups in group_layout(list(params)).items():
         p = params[name]
         if not p.requires_grad:
@@ -40,6 +45,10 @@ def raw_group_scores(
             other = [d for d in range(prod.ndim) if d != dim]
             per_index = prod.sum(dim=other) if other else prod  # [size of dim]
             totals[group] = totals[group] + per_index.to(totals[group].device)
+    if present is not None:  # back to the full widths: the cut groups score 0
+        there = present.group_vectors()
+        totals = {g: t.new_zeros(there[g].numel()).masked_scatter(there[g].to(t.device), t)
+                  for g, t in totals.items()}
     if masks.heads is not None:
         for i in range(len(masks.heads)):
             totals[f"attention.{i}"] = totals[f"attention.{i}"].view(-1, masks.head_size).sum(-1)

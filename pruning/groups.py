@@ -9,6 +9,7 @@ Groups (METHODS.md section 2):
     W_k, W_v, columns of W_o), kept whole heads at a time (unit "heads") or with the
     same kept count in every head (unit "inner");
   ffn.i: per layer, the FFN neurons [I] (rows of W_in, columns of W_out).
+A masked-LM head (BertForMaskedLM's `cls`, RoBERTa's `lm_head`) belongs to hidden too.
 
 One table (`group_layout`) says which dimension of which parameter each group
 indexes; scoring (pruning.group_scores), selection (pruning.structured), masking and
@@ -47,6 +48,15 @@ _LAYOUT: tuple[tuple[re.Pattern[str], tuple[tuple[int, str], ...]], ...] = tuple
         (r"^classifier\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
         (r"^classifier\.dense\.bias", ((0, "hidden"),)),
         (r"^classifier\.out_proj\.weight", ((1, "hidden"),)),
+        # Masked-LM heads (HomoDistil's prediction loss): BERT's transform + tied decoder;
+        # RoBERTa's dense + layer_norm + tied decoder. Their bias [vocab] is not grouped.
+        (r"(?:^|\.)cls\.predictions\.transform\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
+        (r"(?:^|\.)cls\.predictions\.transform\.dense\.bias", ((0, "hidden"),)),
+        (r"(?:^|\.)cls\.predictions\.decoder\.weight", ((1, "hidden"),)),
+        (r"(?:^|\.)lm_head\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
+        (r"(?:^|\.)lm_head\.(dense|layer_norm)\.bias", ((0, "hidden"),)),
+        (r"(?:^|\.)lm_head\.layer_norm\.weight", ((0, "hidden"),)),
+        (r"(?:^|\.)lm_head\.decoder\.weight", ((1, "hidden"),)),
     ))
 
 
@@ -108,12 +118,23 @@ class StructuredMasks:
             return list(self.attention)
         return [h.repeat_interleave(self.head_size) for h in self.heads]
 
-    def group_vectors(self) -> dict[str, Tensor]:
-        """Group name (as in group_layout) -> bool [group size]."""
+    def group_vectors(self, within: StructuredMasks | None = None) -> dict[str, Tensor]:
+        """Group name (as in group_layout) -> bool [group size].
+
+        `within`: the groups a model still holds after it was sliced to them
+        (pruning.surgery.reslice); the vectors are then these masks at those indices only,
+        bool [count `within` keeps]. Raises ValueError when the masks keep an index
+        `within` does not (sliced groups never come back).
+        """
         vectors = {"hidden": self.hidden}
         for i, (rows, ffn) in enumerate(zip(self.attention_rows(), self.ffn)):
             vectors[f"attention.{i}"], vectors[f"ffn.{i}"] = rows, ffn
-        return vectors
+        if within is None:
+            return vectors
+        there = within.group_vectors()
+        if any(bool((vectors[g] & ~v.to(vectors[g].device)).any()) for g, v in there.items()):
+            raise ValueError("the masks keep groups that were already sliced out of the model")
+        return {g: vectors[g][v.to(vectors[g].device)] for g, v in there.items()}
 
     def widths(self) -> Widths:
         """The widths of the model these masks slice out."""

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, RobertaForMaskedLM
 
 from pruning.accounting import count_params
 from pruning.compact import CompactBertModel, Widths, count_params_for, encoder_macs
@@ -21,6 +21,7 @@ from pruning.structured import (
     target_widths,
     widths_from,
 )
+from pruning.surgery import apply_structured_masks, reslice
 from tests.tiny import tiny_bert_config
 
 CONFIG = tiny_bert_config()
@@ -225,3 +226,35 @@ def test_budget_widths_of_a_real_size_model_are_multiples_and_meet_the_budget():
 def test_tiny_models_keep_exact_widths_whatever_the_multiple(tiny_config):
     config = tiny_config()
     assert target_widths(config, 0.4, multiple_of=16) == target_widths(config, 0.4)
+
+
+def test_layout_groups_a_masked_lm_heads_hidden_dims(tiny_config, tiny_roberta):
+    bert = group_layout(list(BertForMaskedLM(tiny_config()).state_dict()))
+    assert bert["cls.predictions.transform.dense.weight"] == ((0, "hidden"), (1, "hidden"))
+    assert bert["cls.predictions.transform.LayerNorm.weight"] == ((0, "hidden"),)
+    assert bert["cls.predictions.decoder.weight"] == ((1, "hidden"),)  # tied to the word embeddings
+    assert "cls.predictions.bias" not in bert  # the vocabulary is never pruned
+    roberta = group_layout(list(RobertaForMaskedLM(tiny_roberta("roberta").config).state_dict()))
+    assert roberta["lm_head.dense.weight"] == ((0, "hidden"), (1, "hidden"))
+    assert roberta["lm_head.layer_norm.bias"] == ((0, "hidden"),)
+    assert roberta["lm_head.decoder.weight"] == ((1, "hidden"),)
+
+
+@pytest.mark.parametrize("unit", ["heads", "inner"])
+def test_scores_of_a_cut_model_are_the_masked_models_at_full_width(tiny_bert, make_batch, unit):
+    full = StructuredMasks.full(FULL, unit)
+    masks = select_masks(_random_scores(full, 0), Widths(20, (1, 2), (16, 16), (5, 64)) if unit == "heads"
+                         else Widths(20, (2, 2), (3, 9), (5, 64)), full)
+    quiet = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    masked = tiny_bert(**quiet)
+    apply_structured_masks(masked, masks)
+    cut = reslice(tiny_bert(**quiet), masks)
+    apply_structured_masks(cut, masks, present=masks)
+    batch = make_batch(torch.Generator().manual_seed(0))
+    for model in (masked, cut):
+        model(**batch).loss.backward()
+    want, got = raw_group_scores(masked, masks), raw_group_scores(cut, masks, present=masks)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    for group, value in want.items():
+        torch.testing.assert_close(got[group], value, atol=1e-6, rtol=1e-5, msg=group)
+    assert float(got["hidden"][~masks.hidden].abs().sum()) == 0.0

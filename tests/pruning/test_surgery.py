@@ -14,7 +14,7 @@ from transformers import BertForSequenceClassification, BertModel
 from pruning.accounting import count_params
 from pruning.compact import CompactBertForSequenceClassification, CompactBertModel, Widths, count_params_for
 from pruning.structured import StructuredMasks, select_masks, target_widths
-from pruning.surgery import MaskedLayerNorm, apply_structured_masks, slice_model
+from pruning.surgery import MaskedLayerNorm, apply_structured_masks, reslice, slice_model, slice_state_dict
 from tests.tiny import VOCAB, tiny_bert_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,3 +221,58 @@ def test_sliced_xlm_roberta_classifier_meets_the_parameter_budget(tiny_roberta):
     assert count_params(compact) == count_params_for(model.config, widths, num_labels=3)
     assert count_params(compact) <= 0.45 * full_params
     assert compact.classifier.dense.weight.shape == (widths.hidden, widths.hidden)
+
+
+def _wider(case: str, seed: int = 0) -> StructuredMasks:
+    """Masks between full and CASES[case]: a model cut to them can still lose the rest."""
+    unit, widths = CASES[case]
+    full = StructuredMasks.full(FULL, unit)
+    g = torch.Generator().manual_seed(seed)  # the same draws as _masked: the final masks nest
+    scores = {k: torch.rand(v.numel(), generator=g) for k, v in full.group_vectors().items()}
+    if unit == "heads":
+        scores |= {f"attention.{i}": torch.rand(2, generator=g) for i in range(2)}
+    halfway = Widths((FULL.hidden + widths.hidden) // 2,
+                     *(tuple((a + b + 1) // 2 for a, b in zip(getattr(FULL, k), getattr(widths, k)))
+                       for k in ("heads", "head_size", "ffn")))
+    return select_masks(scores, halfway, full)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("head", [True, False])
+def test_reslicing_in_two_cuts_keeps_the_parameters_and_equals_the_sliced_copy(case, head):
+    torch.manual_seed(0)
+    model = (BertForSequenceClassification if head else BertModel)(CONFIG).eval()
+    _, masks = _masked(case, model=model)  # masked to the final widths
+    halfway = _wider(case)
+    assert masks.group_vectors(halfway)["hidden"].numel() == int(halfway.hidden.sum())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():  # AdamW state of every parameter, each entry its own value
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    apply_structured_masks(model, masks)
+    want = slice_model(model, masks)
+    moments = {n: optimizer.state[p]["exp_avg"].clone() for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    first = reslice(model, halfway, optimizer=optimizer)
+    apply_structured_masks(first, masks, present=halfway)
+    got = reslice(first, masks, present=halfway, optimizer=optimizer)
+    assert type(got) is type(want) and Widths.of_config(got.config) == CASES[case][1]
+    assert all(p is params[n] for n, p in got.named_parameters())  # the optimizer trains them on
+    state = want.state_dict()
+    for name, p in got.named_parameters():
+        assert p.shape == state[name].shape and (p.grad is None or p.grad.shape == p.shape)
+        assert optimizer.state[p]["exp_avg"].shape == p.shape
+    # The moments are cut as the weights: slicing them out of the full-width moments agrees.
+    cut = slice_state_dict(moments, masks)
+    for name, p in got.named_parameters():
+        torch.testing.assert_close(optimizer.state[p]["exp_avg"], cut[name], atol=0, rtol=0)
+    with torch.no_grad():
+        out = (lambda m: m(**_inputs()).logits) if head else (lambda m: m(**_inputs()).last_hidden_state)
+        torch.testing.assert_close(out(got), out(want), atol=1e-6, rtol=1e-6)
+    optimizer.step()  # the cut parameters and their cut state still step together
+
+
+def test_masks_that_keep_what_was_sliced_out_are_refused():
+    _, masks = _masked("heads")
+    with pytest.raises(ValueError, match="already sliced out"):
+        StructuredMasks.full(FULL, "heads").group_vectors(masks)
