@@ -9,9 +9,11 @@ from __future__ import annotations
 import statistics
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch import nn
@@ -25,23 +27,61 @@ from pruning.analysis import fisher_criterion, silhouette_score, weight_snr
 SEPARABILITY_POINTS = 2000  # dev examples at most: the silhouette builds an [N, N] matrix
 
 
+@dataclass(frozen=True)
+class SplitPredictions:
+    """One split's predictions, in the length-sorted order `predict` ran them."""
+
+    example_id: torch.Tensor  # [N] row index in the prepared split: the same example for every model
+    pred: torch.Tensor  # [N] class index, or a regression's predicted score
+    gold: torch.Tensor  # [N]
+    score: torch.Tensor  # [N] probability of the predicted class; a regression's prediction
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, table, batch_size: int, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predictions and gold labels over a split, pairwise but sorted by length: ([N], [N]).
+def predict(model: nn.Module, table, batch_size: int, pad_token_id: int) -> SplitPredictions:
+    """Predictions, gold labels and scores over a split, pairwise but sorted by length (each [N]).
 
     A classifier predicts the arg-max class; a regression head (num_labels 1) its single
     output, the predicted score. Sorting by length makes each batch pad to nearly its own
-    length (several times less padding on short texts); every metric is order-free.
+    length (several times less padding on short texts); every metric is order-free, and
+    `example_id` maps each prediction back to its row.
     """
     lengths = pc.list_value_length(table["input_ids"]).to_numpy()
-    table = table.take(np.argsort(lengths, kind="stable"))
-    preds, golds = [], []
+    order = np.argsort(lengths, kind="stable")
+    table = table.take(order)
+    preds, golds, scores = [], [], []
     for batch in data.batches(table, batch_size, shuffle=False, seed=0, pad_token_id=pad_token_id):
         labels = batch.pop("labels")
         logits = model(**batch).logits  # [B, num_labels]
-        preds.append(logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(dim=-1))
+        if logits.shape[-1] == 1:
+            preds.append(logits[:, 0])
+            scores.append(logits[:, 0].float())
+        else:
+            preds.append(logits.argmax(dim=-1))
+            scores.append(logits.float().softmax(dim=-1).amax(dim=-1))
         golds.append(labels)
-    return torch.cat(preds), torch.cat(golds)
+    return SplitPredictions(torch.from_numpy(order), torch.cat(preds), torch.cat(golds), torch.cat(scores))
+
+
+def predictions_table(predictions: dict[str, SplitPredictions]) -> pa.Table:
+    """Every evaluated split's predictions, one row per example in example-id order (columns
+    split, example_id, label, prediction, score): what paired statistics read."""
+    parts = []
+    for split, p in predictions.items():
+        back = torch.argsort(p.example_id)  # length-sorted -> example-id order
+        kind = pa.float32() if p.pred.is_floating_point() else pa.int32()
+        parts.append(pa.table({
+            "split": pa.array([split] * len(back), pa.string()),
+            "example_id": _column(p.example_id[back], pa.int32()),
+            "label": _column(p.gold[back], kind), "prediction": _column(p.pred[back], kind),
+            "score": _column(p.score[back], pa.float32()),
+        }))
+    return pa.concat_tables(parts)
+
+
+def _column(values: torch.Tensor, kind: pa.DataType) -> pa.Array:
+    # Small types keep the artifact small: a few bytes per example and column.
+    return pa.array((values.float() if values.is_floating_point() else values).numpy()).cast(kind)
 
 
 def task_metrics(ref: data.DatasetRef, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -128,15 +168,24 @@ def latency_metrics(model: nn.Module, batch_sizes: tuple[int, ...], seq_len: int
         torch.set_num_threads(before)
 
 
-def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency_batch_sizes: tuple[int, ...],
-             latency_seq_len: int, latency_repeats: int, latency_threads: int) -> dict[str, float]:
-    """All metrics of one saved model as a flat dict (MLflow metric names); the arguments are
-    the fields of the config's `evaluation` block."""
+@dataclass(frozen=True)
+class Evaluation:
+    """What evaluating one model gives: its metrics and its per-example predictions."""
+
+    metrics: dict[str, float]  # MLflow metric names
+    predictions: pa.Table  # predictions_table's columns
+
+
+def evaluate_model(model_dir: str, ref: data.DatasetRef, *, batch_size: int,
+                   latency_batch_sizes: tuple[int, ...], latency_seq_len: int, latency_repeats: int,
+                   latency_threads: int) -> Evaluation:
+    """All metrics of one saved model as a flat dict, and its predictions on every evaluated
+    split; the arguments are the fields of the config's `evaluation` block."""
     model = pretrained.load_saved(model_dir)
     pad = getattr(model.config, "pad_token_id", 0) or 0
     predictions = {split: predict(model, data.read_split(ref, split), batch_size, pad)
                    for split, size in ref.sizes if split != "train" and size > 0}
-    results = task_metrics(ref, predictions)
+    results = task_metrics(ref, {split: (p.pred, p.gold) for split, p in predictions.items()})
     results |= {
         "encoder_sparsity": encoder_sparsity(model),
         "model_nonzero_params": float(model_nonzero_params(model)),
@@ -144,5 +193,13 @@ def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency_b
     }
     results |= size_metrics(Path(model_dir))
     results |= analysis_metrics(model, ref, batch_size, pad)
-    return results | latency_metrics(model, latency_batch_sizes, latency_seq_len, latency_repeats,
-                                     latency_threads)
+    results |= latency_metrics(model, latency_batch_sizes, latency_seq_len, latency_repeats, latency_threads)
+    return Evaluation(results, predictions_table(predictions))
+
+
+def evaluate(model_dir: str, ref: data.DatasetRef, *, batch_size: int, latency_batch_sizes: tuple[int, ...],
+             latency_seq_len: int, latency_repeats: int, latency_threads: int) -> dict[str, float]:
+    """All metrics of one saved model as a flat dict (MLflow metric names): evaluate_model's."""
+    return evaluate_model(model_dir, ref, batch_size=batch_size, latency_batch_sizes=latency_batch_sizes,
+                          latency_seq_len=latency_seq_len, latency_repeats=latency_repeats,
+                          latency_threads=latency_threads).metrics
