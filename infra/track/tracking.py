@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,13 @@ from mlflow.tracking import MlflowClient
 
 # A parent run's tag on its children; MLflow's UI nests runs by it.
 PARENT_TAG = "mlflow.parentRunId"
+# The tag that tells a grid's parent run from its job runs (teacher, pruned, distilled).
+ROLE_TAG, GRID_ROLE = "role", "grid"
+# The experiment's kind: MLflow 3's UI opens a "machine learning" experiment on its runs, not on
+# the GenAI overview (the UI's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+KIND_TAG, KIND_MACHINE_LEARNING = "mlflow.experimentKind", "custom_model_development"
+# The UI's own switch between its GenAI and machine-learning views, read from the URL.
+WORKFLOW = "workflowType=machine_learning"
 
 
 class TrackingError(RuntimeError):
@@ -91,14 +100,35 @@ def client(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment's id, created on first use."""
+    """The experiment's id, created on first use, of the machine-learning kind (unless a user
+    chose another kind in the UI)."""
     mlflow = client(uri)
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            mlflow.restore_experiment(found.experiment_id)
-        return found.experiment_id
-    return mlflow.create_experiment(name)
+    if found is None:
+        return mlflow.create_experiment(name, tags={KIND_TAG: KIND_MACHINE_LEARNING})
+    if found.lifecycle_stage == "deleted":
+        mlflow.restore_experiment(found.experiment_id)
+    if KIND_TAG not in found.tags:
+        mlflow.set_experiment_tag(found.experiment_id, KIND_TAG, KIND_MACHINE_LEARNING)
+    return found.experiment_id
+
+
+def runs_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of a run (or of the experiment's runs list), in the machine-learning view."""
+    run = f"/{run_id}" if run_id else ""
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs{run}?{WORKFLOW}"
+
+
+def artifact_url(uri: str, experiment_id: str, run_id: str, artifact_file: str) -> str:
+    """The UI page showing one artifact of a run (an image is shown in place)."""
+    path = urllib.parse.quote(artifact_file)
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}?{WORKFLOW}"
+
+
+def raw_artifact_url(uri: str, run_id: str, artifact_file: str) -> str:
+    """The file itself, as the server sends it (what a markdown image can point to)."""
+    query = urllib.parse.urlencode({"path": artifact_file, "run_uuid": run_id})
+    return f"{uri.rstrip('/')}/get-artifact?{query}"
 
 
 def start_run(uri: str, experiment_id: str, name: str, *, parent_run_id: str | None = None,
@@ -138,6 +168,20 @@ def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
     client(uri).log_text(run_id, text, artifact_file)
 
 
+def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_figure(uri: str, run_id: str, figure: object, artifact_file: str) -> None:
+    """A matplotlib figure as an image artifact (the run page shows it in place)."""
+    client(uri).log_figure(run_id, figure, artifact_file)
+
+
+def download_artifact(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path:
+    """One artifact of a run, copied under `dst`; its local path."""
+    return Path(client(uri).download_artifacts(run_id, artifact_path, str(dst)))
+
+
 def end_run(uri: str, run_id: str, ok: bool, error: str | None = None) -> None:
     mlflow = client(uri)
     if error:
@@ -169,3 +213,27 @@ class StepLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._uri and self._run_id:
             log_metrics(self._uri, self._run_id, metrics, step=step)
+
+
+def latest_grid_url(uri: str) -> str:
+    """The UI page of the newest grid run on the server, in any experiment (the server's
+    address when it holds none)."""
+    mlflow = client(uri)
+    ids = [e.experiment_id for e in mlflow.search_experiments()]
+    runs = mlflow.search_runs(ids, f"tags.{ROLE_TAG} = '{GRID_ROLE}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    return runs_url(uri, runs[0].info.experiment_id, runs[0].info.run_id) if runs else uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m infra.track.tracking URI`: print the UI page of the newest grid run (make demo)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m infra.track.tracking TRACKING_URI", file=sys.stderr)
+        return 2
+    print(latest_grid_url(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
