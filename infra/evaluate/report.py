@@ -1,10 +1,14 @@
-"""The results table the demo prints and the grid's parent run keeps (results.md / .csv)."""
+"""The results table the demo prints and the grid's parent run keeps (results.md / .csv):
+one row per evaluated model. The seed-aware table over grid rows is summary.py's."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from infra.experiment.jobs import EvalRecord
+if TYPE_CHECKING:  # jobs.py imports the tables it fills: a runtime import would be circular
+    from infra.experiment.jobs import EvalRecord
 
 COLUMNS = {
     "task": "task",
@@ -63,11 +67,12 @@ def to_markdown(frame: pd.DataFrame) -> str:
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     lines = [header, rule]
     for _, row in shown.iterrows():
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines)
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
+    """One table cell: floats to 3 decimals (1 from 100 up), None empty."""
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return "" if value is None else str(value)

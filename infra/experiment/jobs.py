@@ -46,6 +46,8 @@ class EvalRecord:
     target_sparsity: float
     model: ModelRef
     metrics: tuple[tuple[str, float], ...]
+    seed: int = 0
+    options: tuple[tuple[str, object], ...] = ()  # the grid point's method options
 
     def metric(self, name: str) -> float:
         return dict(self.metrics)[name]
