@@ -8,6 +8,7 @@ so gradients reach only the student (the pruned branch).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 # METHODS.md only says "epsilon guarded", so this is our default, not the paper's.
 STANDARDISE_EPS = 1e-5
 CC_LAMBDA = 5.1e-3  # METHODS.md section 1 (the Barlow Twins value)
+SOFT_CE_REDUCTIONS = ("batchmean", "mean")
 _MASKED_KEY = -1e9  # finite stand-in for -inf at padded keys: no inf - inf in the KL
 
 
@@ -92,17 +94,26 @@ def cosine_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
 
 
-def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
-    """Cross-entropy of student logits against the teacher's probabilities.
+def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 1.0,
+                       reduction: Literal["batchmean", "mean"] = "batchmean") -> Tensor:
+    """Cross-entropy of student logits against the teacher's probabilities (no T^2 factor).
 
-    -sum_c softmax(teacher / T)_c * log_softmax(student / T)_c, averaged over the
-    batch (SparseBERT's / TinyBERT's prediction loss; no T^2 factor).
+    Per entry: -softmax(teacher / T)_c * log_softmax(student / T)_c. "batchmean" sums
+    them over classes and averages over the batch (the cross-entropy of each example);
+    "mean" averages over all N x C entries, as TinyBERT's code (and so SparseBERT's)
+    does: `(- targets_prob * student_likelihood).mean()`, C times lighter.
 
     Args:
         student, teacher: logits [N, C].
+
+    Returns:
+        Scalar.
     """
+    if reduction not in SOFT_CE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {SOFT_CE_REDUCTIONS}, got {reduction!r}")
     targets = F.softmax(teacher.float() / temperature, dim=-1)
-    return -(targets * F.log_softmax(student.float() / temperature, dim=-1)).sum(-1).mean()
+    entries = -(targets * F.log_softmax(student.float() / temperature, dim=-1))  # [N, C]
+    return entries.mean() if reduction == "mean" else entries.sum(-1).mean()
 
 
 class HiddenStateMSE(nn.Module):

@@ -27,8 +27,10 @@ class SparseBert(MaskedMethod):
       + sum over layers of MSE of the pre-softmax attention scores [B, h, T, T],
         padded key positions zeroed (pruning.losses.masked_scores)
       + soft cross-entropy of the student logits against the teacher probabilities
-        at `temperature` = 1.0 (our default); for regression (num_labels == 1) MSE of
-        the student's prediction to the gold label instead.
+        at `temperature` = 1.0 (our default), averaged over batch x classes as the
+        authors' TinyBERT-derived code does, `(- targets_prob * student_likelihood).mean()`
+        (1/C of the per-example cross-entropy); for regression (num_labels == 1) MSE
+        of the student's prediction to the gold label instead.
     No hard-label term; the task loss is computed for logs and the recovery curve only.
     Student and teacher must have the same widths (no projection is learned: the
     training loop's optimizer only holds the student's parameters).
@@ -105,7 +107,9 @@ class SparseBert(MaskedMethod):
         if s_out.logits.shape[-1] == 1:  # regression: MSE to gold (METHODS.md)
             prediction = F.mse_loss(s_out.logits.squeeze(-1).float(), batch["labels"].float())
         else:
-            prediction = losses.soft_cross_entropy(s_out.logits, t_out.logits, self.temperature)
+            # The authors' (TinyBERT's) mean over batch x classes, not the per-example sum.
+            prediction = losses.soft_cross_entropy(s_out.logits, t_out.logits, self.temperature,
+                                                   reduction="mean")
         w_h, w_a, w_p = self.weights
         total = w_h * hidden + w_a * attention + w_p * prediction
         task = float(s_out.loss.detach())

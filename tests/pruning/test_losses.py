@@ -104,3 +104,17 @@ def test_attention_scores_and_masked_positions():
     assert float(losses.attention_scores_mse([scores], [other], mask)) == 0.0
     assert float(losses.attention_scores_mse([scores], [other], None)) > 0.0
     assert bool((losses.masked_scores(scores, mask)[1, :, :, 2:] == 0).all())
+
+
+def test_soft_cross_entropy_averages_over_batch_and_classes_when_asked():
+    # SparseBERT's authors (TinyBERT's code): (- targets_prob * student_likelihood).mean(),
+    # a mean over N x C entries, C times lighter than the per-example sum.
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 1.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0]])
+    p_t, log_p_s = torch.softmax(t, -1), torch.log_softmax(s, -1)
+    entries = [-float(p_t[n, c] * log_p_s[n, c]) for n in range(2) for c in range(3)]
+    assert float(losses.soft_cross_entropy(s, t, reduction="mean")) == pytest.approx(
+        sum(entries) / 6, rel=1e-6)
+    assert float(losses.soft_cross_entropy(s, t)) == pytest.approx(sum(entries) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        losses.soft_cross_entropy(s, t, reduction="sum")

@@ -116,3 +116,16 @@ def test_mismatched_teacher_is_refused(tiny_bert, tiny_config):
     wide = BertForSequenceClassification(tiny_config(hidden_size=64))
     with pytest.raises(ValueError, match="must match"):
         SparseBert(tiny_bert(), teacher=wide, final_sparsity=0.5, total_steps=10)
+
+
+def test_prediction_loss_is_the_authors_mean_over_batch_and_classes(tiny_bert, make_batch):
+    student, teacher = tiny_bert(num_labels=3).eval(), tiny_bert(seed=1, num_labels=3).eval()
+    method = SparseBert(student, teacher=teacher, final_sparsity=0.5, total_steps=10)
+    batch = make_batch(torch.Generator().manual_seed(0))
+    _, logs = method.loss(student, batch)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        targets = torch.softmax(teacher(**inputs).logits, -1)
+        likelihood = torch.log_softmax(student(**inputs).logits, -1)
+    by_hand = float((-targets * likelihood).mean())  # [4, 3] entries averaged, as TinyBERT's code
+    assert logs["prediction_loss"] == pytest.approx(by_hand, rel=1e-5)
