@@ -21,9 +21,9 @@ from infra.experiment.grid import teacher_job
 from infra.experiment.settings import Settings, apply_offline_env
 from infra.models.pretrained import ModelError
 from infra.stack.local_stack import LocalStack, StackError
-from infra.track.tracking import TrackingError, check_reachable
+from infra.track.tracking import TrackingError, check_reachable, runs_url
 from infra.train import cluster
-from tasks.grid import close_grid, open_grid
+from tasks.grid import close_grid, open_grid, summarise
 from tasks.prepare import prepare_dataset
 from tasks.promote import register_and_promote
 from tasks.runner import GridRunner
@@ -50,7 +50,8 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     started = cluster.connect(settings)
     try:
         runner = GridRunner.open(ctx)
-        table = pd.concat([_one_task(cfg, task_spec, runner) for task_spec in cfg.tasks])
+        parts = [_one_task(cfg, task_spec, runner) for task_spec in cfg.tasks]
+        table, seeds = pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts])
     except BaseException as error:
         # Whatever already ran stays logged and registered; the grid run says why it stopped.
         close_grid(ctx, "", "", [f"{type(error).__name__}: {error}"])
@@ -59,18 +60,20 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
         cluster.disconnect(started)
     failed = runner.failed
     markdown = report.to_markdown(table)
-    close_grid(ctx, markdown, table.to_csv(index=False), failed)
+    close_grid(ctx, markdown, table.to_csv(index=False), failed, seeds)
     create_markdown_artifact(markdown, key=f"results-{cfg.name}".lower().replace("_", "-"),
                              description=f"prune-grid results for {cfg.name}")
     get_run_logger().info("Results of %s:\n%s\nMLflow: %s (experiment '%s')", cfg.name, markdown,
-                          ctx.tracking_uri, cfg.name)
+                          runs_url(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id), cfg.name)
     if failed:
         raise GridFailed(f"{len(failed)} grid job(s) failed; the rest were registered:\n" + "\n".join(failed))
     return table.to_dict(orient="records")
 
 
-def _one_task(cfg: ExperimentConfig, task_spec: TaskSpec, runner: GridRunner) -> pd.DataFrame:
-    """One task's slice of the DAG, stage by stage; failed grid jobs land in `runner.failed`."""
+def _one_task(cfg: ExperimentConfig, task_spec: TaskSpec, runner: GridRunner
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One task's slice of the DAG, stage by stage; failed grid jobs land in `runner.failed`.
+    Returns its results table (one row per model) and its seed table (one per grid row)."""
     ctx = runner.ctx
     dataset = prepare_dataset(task_spec, cfg.model, ctx)                       # 1. prepare
     t_job = teacher_job(cfg, task_spec)
@@ -79,11 +82,13 @@ def _one_task(cfg: ExperimentConfig, task_spec: TaskSpec, runner: GridRunner) ->
     # 4. evaluate, after all training so latency is measured on a quiet machine
     teacher_record = runner.evaluate(t_job, teacher, dataset, cfg.evaluation)
     records = [runner.evaluate(job, ref, dataset, cfg.evaluation) for job, ref in trained]
+    metric = task_spec.gate_metric(cfg.registry.gate)
     promotion = register_and_promote(                                          # 5. register, promote
-        task_spec.name, records, teacher_record, ctx, cfg.registry, cfg.grid.sparsities,
-        task_spec.gate_metric(cfg.registry.gate))
+        task_spec.name, records, teacher_record, ctx, cfg.registry, cfg.grid.sparsities, metric)
+    seeds = summarise(task_spec.name, [teacher_record, *records], promotion,  # 6. seed table, figure
+                      dataset, ctx, metric, cfg.registry.gate.max_drop)
     return report.results_frame(task_spec.name, [teacher_record, *records],
-                                dict(promotion.aliases), dict(promotion.versions))
+                                dict(promotion.aliases), dict(promotion.versions)), seeds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,5 +17,5 @@ from tasks import cache
       **cache.CACHED)
 def evaluate(job: JobSpec, model: ModelRef, dataset: DatasetRef, ctx: GridContext,
              spec: EvalSpec) -> EvalRecord:
-    """Evaluate one trained model on dev and test and log the metrics to its MLflow run."""
+    """Evaluate one model on dev and test; log its metrics and per-example predictions to its run."""
     return jobs.evaluate(job, model, dataset, ctx, spec)

@@ -7,10 +7,15 @@ evaluation.py and registry.py.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.evaluate import evaluation
+import pandas as pd
+import pyarrow.parquet as pq
+
+from infra.evaluate import evaluation, summary, tradeoff
+from infra.evaluate.stats import Splits
 from infra.experiment import paths
 from infra.track import registry
 from infra.track import tracking
@@ -21,6 +26,10 @@ from infra.data import DatasetRef
 from infra.experiment.grid import JobSpec
 from infra.experiment.provenance import code_version, library_versions
 from infra.track.tracking import ModelRef
+
+# Each evaluated model's predictions on every evaluated split, an artifact of its run
+# (evaluation.predictions_table's columns): what the paired statistics of the seed table read.
+PREDICTIONS = "predictions.parquet"
 
 
 @dataclass(frozen=True)
@@ -131,14 +140,18 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
 
 def evaluate(job: JobSpec, model: ModelRef, dataset: DatasetRef, ctx: GridContext,
              spec: EvalSpec) -> EvalRecord:
-    """Evaluate one trained model and log the metrics to its run."""
-    metrics = evaluation.evaluate(
+    """Evaluate one trained model; log its metrics and per-example predictions to its run."""
+    result = evaluation.evaluate_model(
         model.local_dir, dataset, batch_size=spec.batch_size, latency_batch_sizes=spec.latency_batch_sizes,
         latency_seq_len=spec.latency_seq_len, latency_repeats=spec.latency_repeats,
         latency_threads=spec.latency_threads)
-    tracking.log_metrics(ctx.tracking_uri, model.run_id, metrics)
+    tracking.log_metrics(ctx.tracking_uri, model.run_id, result.metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / PREDICTIONS
+        pq.write_table(result.predictions, path, compression="zstd")
+        tracking.log_file(ctx.tracking_uri, model.run_id, path)
     return EvalRecord(job.job_id, job.label, job.method, job.sparsity, model,
-                      tuple(sorted(metrics.items())))
+                      tuple(sorted(result.metrics.items())), job.seed, job.options)
 
 
 @dataclass(frozen=True)
@@ -175,3 +188,36 @@ def register_and_promote(task: str, records: list[EvalRecord], teacher: EvalReco
     aliases = registry.promote(ctx.tracking_uri, name, chosen, managed)
     return Promotion(name, tuple(versions), tuple(sorted(aliases.items())))
 
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """A task's seed-aware table and the name of its trade-off figure on the grid's parent run."""
+
+    table: pd.DataFrame  # summary.seed_frame's rows
+    figure: str  # artifact file of the parent run
+
+
+def _predictions(uri: str, records: list[EvalRecord], members: tuple[str, ...]) -> dict[str, Splits]:
+    """job_id -> the model's predictions on `members`, read back from its run's artifact."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in records:
+            path = tracking.download_artifact(uri, r.model.run_id, PREDICTIONS, Path(tmp) / r.job_id)
+            out[r.job_id] = summary.splits_from_table(pq.read_table(path), members)
+    return out
+
+
+def summarise(task: str, records: list[EvalRecord], promotion: Promotion, dataset: DatasetRef,
+              ctx: GridContext, metric: str, max_drop: float) -> TaskSummary:
+    """Put a task's trade-off on the grid's parent run: the figure, and the rows' means as
+    metrics; return its seed table. `records`: the teacher's and every grid model's;
+    `metric`: the dev metric the gate compares."""
+    members, statistic = summary.statistic_on_test(dataset, metric)
+    predictions = _predictions(ctx.tracking_uri, records, members)
+    table = summary.seed_frame(task, records, metric, dict(promotion.aliases), dict(promotion.versions),
+                               predictions, statistic)
+    figure = f"tradeoff-{task}.png"
+    tracking.log_figure(ctx.tracking_uri, ctx.parent_run_id,
+                        tradeoff.draw(tradeoff.figure_data(table, max_drop)), figure)
+    tracking.log_metrics(ctx.tracking_uri, ctx.parent_run_id, summary.parent_metrics(table))
+    return TaskSummary(table, figure)

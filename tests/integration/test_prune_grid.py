@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from infra.experiment.config import load_config
@@ -135,3 +136,23 @@ def test_the_run_connects_only_to_loopback(grid_run) -> None:
                  if line.startswith("nameserver")}
     assert not off_loopback(addresses) - resolvers, f"connections off this machine: {off_loopback(addresses)}"
     assert not non_loopback_questions(dns_questions(grid_run["trace"]))
+
+
+def test_the_grid_run_holds_the_trade_off_figure_and_the_seed_table(grid_run, tmp_path) -> None:
+    mlflow = client(grid_run["uri"])
+    experiment = mlflow.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+    runs = mlflow.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("role") == "grid")
+    files = {f.path for f in mlflow.list_artifacts(parent.info.run_id)}
+    assert {"tradeoff-tiny_reviews.png", "results_seeds.md", "results_seeds.csv"} <= files
+    table = Path(mlflow.download_artifacts(parent.info.run_id, "results_seeds.md", str(tmp_path))).read_text()
+    assert "| tiny_reviews | gmp | update_every=2 | 0.90 | 1 | accuracy |" in table
+    assert "tiny_reviews/gmp_s90_dev_accuracy" in parent.data.metrics  # MLflow's chart view has the grid
+    pruned = next(r for r in runs if r.data.tags.get("role") == "pruned")
+    path = mlflow.download_artifacts(pruned.info.run_id, "predictions.parquet", str(tmp_path))
+    predictions = pq.read_table(path)
+    assert predictions.column_names == ["split", "example_id", "label", "prediction", "score"]
+    assert set(predictions["split"].to_pylist()) == {"dev", "test"}
+    out = grid_run["proc"].stdout + grid_run["proc"].stderr
+    assert f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in out
