@@ -1,8 +1,12 @@
 """Expand an experiment's grid into jobs, each named by a hash of its resolved config.
 
-The `job_id` names the job's Prefect task run, its MLflow run, its Ray Train run and
-checkpoint folder, and its registry tags, so the same grid point always lands in the
-same place and a rerun finds its own checkpoints, never a stranger's.
+The `job_id` names what users see: the job's Prefect task run, its MLflow run and its
+registry tags. It holds the job's own settings only, so a pruning job keeps its id when
+its teacher changes. One run of a job is named by its `run_key`: the job_id and everything
+upstream of the result (data, the models it starts from, the pretrained weights' bytes,
+the code and library versions). The run key decides the cached result, the model folder
+and the Ray Train checkpoint folder, so a rerun finds its own checkpoints, never a
+stranger's, and never a model trained from another teacher.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from infra.experiment.config import ComputeSpec, ExperimentConfig, ModelSpec, TaskSpec, TrainSpec
+from infra.experiment import provenance
 from pruning.methods import distiller_options, has_distiller
 
 TEACHER_METHOD = "dense"
@@ -65,6 +71,18 @@ def job_hash(resolved: dict[str, object], length: int = 12) -> str:
     """Short, stable hash of a resolved job config (key order does not matter)."""
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+def run_key(job_id: str, *, data_hash: str, upstream: Sequence[str], pretrained: str) -> str:
+    """The name of one run of a job: its `job_id` and everything upstream of its result.
+
+    `upstream`: the runs it starts from (teacher, distilled student), each naming its own
+    upstream in turn; `pretrained`: the pretrained model's content fingerprint, so new weights
+    in a directory of the same name train again.
+    """
+    return job_hash({"job_id": job_id, "data_hash": data_hash, "upstream": list(upstream),
+                     "pretrained": pretrained, "code_version": provenance.code_version(),
+                     "libraries": provenance.library_versions()}, length=16)
 
 
 def _make_job(cfg: ExperimentConfig, task: TaskSpec, method: str, sparsity: float, seed: int,

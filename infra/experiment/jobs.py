@@ -7,6 +7,7 @@ evaluation.py and registry.py.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from infra.train import ray_job
 from infra.experiment.config import EvalSpec, RegistrySpec
 from infra.data.corpus import CorpusRef
 from infra.data import DatasetRef
+from infra.experiment import grid
 from infra.experiment.grid import JobSpec
+from infra.models import pretrained
 from infra.experiment.provenance import code_version, library_versions
 from infra.track.tracking import ModelRef
 
@@ -100,6 +103,15 @@ def _role(job: JobSpec) -> str:
     return "teacher" if job.is_teacher else "distilled" if job.stage == "distil" else "pruned"
 
 
+def run_key(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | None, ctx: GridContext,
+            student: ModelRef | None = None) -> str:
+    """grid.run_key of this run: it names the model and checkpoint folders and keys the cache.
+    An upstream model counts by its MLflow run, so a teacher trained again trains its grid again."""
+    upstream = [f"{ref.job_id}@{ref.run_id}" for ref in (teacher, student) if ref is not None]
+    return grid.run_key(job.job_id, data_hash=dataset.content_hash, upstream=upstream,
+                        pretrained=pretrained.fingerprint(ctx.pretrained))
+
+
 def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | None, ctx: GridContext,
           student: ModelRef | None = None) -> ModelRef:
     """Run one training job under its own MLflow run (nested in the grid's run).
@@ -107,7 +119,8 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
     `dataset` is the task's data, or the text corpus of a task-agnostic stage; `student`
     the distilled model a two-stage method's task stage starts from.
     """
-    tags = {"job_id": job.job_id, "task": job.task, "method": job.method,
+    key = run_key(job, dataset, teacher, ctx, student)
+    tags = {"job_id": job.job_id, "run_key": key, "task": job.task, "method": job.method,
             "target_sparsity": str(job.sparsity), "seed": str(job.seed),
             "role": _role(job), "code_version": code_version(), "data_hash": dataset.content_hash}
     # A run left RUNNING by a driver that died (killed, machine lost) is closed first: its
@@ -117,11 +130,12 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
                                 parent_run_id=ctx.parent_run_id, tags=tags)
     resolved = job.resolved() | {"data_hash": dataset.content_hash, "code_version": code_version(),
                                  "libraries": library_versions(),
-                                 "starts_from": student.job_id if student else None}
+                                 "starts_from": student.job_id if student else None,
+                                 "teacher_run": teacher.run_id if teacher else None, "run_key": key}
     tracking.log_params(ctx.tracking_uri, run_id, _flat("", resolved))
     tracking.log_text(ctx.tracking_uri, run_id, json.dumps(resolved, indent=2, sort_keys=True),
                       "resolved_config.json")
-    out_dir = paths.models_dir(ctx.home) / f"{job.job_id}-{dataset.content_hash[:8]}"
+    out_dir = paths.models_dir(ctx.home) / f"{job.job_id}-{key[:8]}"
     try:
         ray_job.run_job(
             _args(job, dataset, teacher, ctx, run_id, student), run_name=out_dir.name,
@@ -131,6 +145,9 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
             out_dir=out_dir)
         tracking.log_dir(ctx.tracking_uri, run_id, out_dir, "model")
         _log_recovery(ctx.tracking_uri, run_id, ray_job.recovery_path(out_dir))
+        # A finished run keeps no checkpoints: a rerun of the same key (a refreshed cache)
+        # trains again instead of restoring this run's final model. Unfinished runs keep theirs.
+        shutil.rmtree(paths.ray_results_dir(ctx.home) / out_dir.name, ignore_errors=True)
     except BaseException as error:
         tracking.end_run(ctx.tracking_uri, run_id, ok=False, error=str(error))
         raise

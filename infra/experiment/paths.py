@@ -2,9 +2,9 @@
 
     <home>/data/<task>-<hash12>/            prepared task data (infra.data.prepared)
     <home>/data/<task>-corpus-<hash12>/     a distillation corpus (infra.data.corpus)
-    <home>/models/<job_id>-<data hash8>/    a trained model (infra.experiment.jobs)
+    <home>/models/<job_id>-<run key8>/      a trained model (infra.experiment.jobs)
     <home>/models/<alias>/                  a packaged checkpoint converted once (infra.models.pretrained)
-    <home>/ray_results/<job_id>-<hash8>/    Ray Train's run folders: each job's checkpoints
+    <home>/ray_results/<job_id>-<run key8>/ Ray Train's run folders: an unfinished run's checkpoints
     <home>/results/                         cached task results (tasks.cache)
     <home>/stack/                           the local servers' pids, logs and stores (infra.stack)
     <home>/bench/, <home>/bench-<name>/     the benchmarks' scratch (bench/), with its own data/, models/
@@ -24,7 +24,7 @@ def data_dir(home: str | Path) -> Path:
 
 
 def models_dir(home: str | Path) -> Path:
-    """Trained models (`<job_id>-<data hash8>`) and converted packaged checkpoints (`<alias>`)."""
+    """Trained models (`<job_id>-<run key8>`) and converted packaged checkpoints (`<alias>`)."""
     return Path(home) / "models"
 
 

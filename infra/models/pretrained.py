@@ -7,6 +7,8 @@ so `AutoModelForSequenceClassification.from_pretrained(dir)` loads them anywhere
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -14,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
@@ -90,6 +94,31 @@ def _converted(name: str) -> str:
     return str(out)
 
 
+def fingerprint(name_or_dir: str) -> str:
+    """A hash of a model directory's files, names and bytes (a hub id stands for itself).
+
+    What a run key holds of the pretrained model: new weights under the same directory
+    name must train again. Hashed once per process while the files' sizes and times stay.
+    """
+    root = Path(name_or_dir)
+    if not root.is_dir():
+        return name_or_dir
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    stats = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _content_hash(str(root.resolve()), stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(root: str, stats: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, size, _ in stats:
+        digest.update(f"{name}\0{size}\0".encode())
+        with open(Path(root) / name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
     """The tokenizer stored with a model (packaged, local or saved by this project)."""
     try:
@@ -99,11 +128,17 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
 
 
 def load_classifier(name_or_dir: str, *, num_labels: int, init: str = "pretrained",
-                    seed: int = 0) -> nn.Module:
-    """A sequence classifier on the encoder; a new head is seeded so reruns are identical."""
+                    seed: int = 0, label_names: tuple[str, ...] = ()) -> nn.Module:
+    """A sequence classifier on the encoder; a new head is seeded so reruns are identical.
+
+    `label_names` (class i's name) go into the config's id2label / label2id, so the saved
+    model predicts names; without them transformers' LABEL_i stay.
+    """
     torch.manual_seed(seed)
+    names = {"id2label": dict(enumerate(label_names)),
+             "label2id": {name: i for i, name in enumerate(label_names)}} if label_names else {}
     try:
-        config = AutoConfig.from_pretrained(name_or_dir, num_labels=num_labels)
+        config = AutoConfig.from_pretrained(name_or_dir, num_labels=num_labels, **names)
         if init == "random":
             return AutoModelForSequenceClassification.from_config(config)
         verbosity = hf_logging.get_verbosity()
@@ -118,10 +153,31 @@ def load_classifier(name_or_dir: str, *, num_labels: int, init: str = "pretraine
         raise ModelError(f"cannot load model from {name_or_dir}: {error}") from None
 
 
-def load_encoder(name_or_dir: str, *, init: str = "pretrained", seed: int = 0) -> nn.Module:
-    """The bare encoder, no task head: a task-agnostic stage's teacher and student."""
+MLM_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")  # BertForMaskedLM's, RoBERTa / XLM-R's
+
+
+def has_mlm_head(name_or_dir: str) -> bool:
+    """Whether a model folder's safetensors weights include a masked-LM head."""
+    for file in sorted(Path(name_or_dir).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            if any(key.startswith(MLM_HEAD_PREFIXES) for key in weights.keys()):
+                return True
+    return False
+
+
+def load_encoder(name_or_dir: str, *, init: str = "pretrained", seed: int = 0,
+                 mlm_head: bool = False) -> nn.Module:
+    """The bare encoder, no task head: a task-agnostic stage's teacher and student. With
+    `mlm_head`, the masked-LM model (encoder + head, config.mask_token_id from the tokenizer)
+    when the folder's weights hold the head (HomoDistil's prediction loss needs it)."""
     torch.manual_seed(seed)  # a random init (tiny tests) gives teacher and student the same weights
     try:
+        if mlm_head and has_mlm_head(name_or_dir):
+            config = AutoConfig.from_pretrained(name_or_dir)
+            config.mask_token_id = load_tokenizer(name_or_dir).mask_token_id
+            if init == "random":
+                return AutoModelForMaskedLM.from_config(config)
+            return AutoModelForMaskedLM.from_pretrained(name_or_dir, config=config, dtype=torch.float32)
         if init == "random":
             return AutoModel.from_config(AutoConfig.from_pretrained(name_or_dir))
         return AutoModel.from_pretrained(name_or_dir, dtype=torch.float32)
