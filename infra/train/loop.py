@@ -6,7 +6,9 @@ here, so a recipe fix reaches both. A step, in this order:
     method.on_step_start(step)              # mask updates when the schedule says so
     loss, logs = method.loss(model, batch)  # model: method.module, possibly DDP-wrapped
     (a NaN or infinite loss raises NonFiniteLossError, naming the job)
-    loss.backward(); clip the gradient norm of method.module
+    loss.backward()
+    method.mask_gradients()                 # what the step throws away counts in no norm, no moment
+    clip the gradient norm of method.module
     optimizer.step(); scheduler.step()
     method.on_step_end(step)                # gradients still there: scores read them
     optimizer.zero_grad(set_to_none=True)
@@ -78,6 +80,8 @@ def train_step(method: PruningMethod, model: nn.Module, batch: Batch, optimizer:
         raise NonFiniteLossError(f"{where}loss is {loss.item()} at step {step} (method {method.name}); "
                                  "lower the learning rate or check the data")
     loss.backward()
+    # Pruned entries' gradients go before clipping: at 90% sparsity most of the norm sits there.
+    method.mask_gradients()
     torch.nn.utils.clip_grad_norm_(method.module.parameters(), max_grad_norm)
     optimizer.step()
     if scheduler is not None:

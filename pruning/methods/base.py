@@ -8,7 +8,9 @@ the loop:
     for step in range(start, total_steps):
         method.on_step_start(step)          # mask updates when the schedule says so
         loss, logs = method.loss(model, batch)
-        loss.backward(); clip(method.module); optimizer.step(); scheduler.step()
+        loss.backward()
+        method.mask_gradients()             # pruned entries' gradients to 0: not clipped, not in AdamW
+        clip(method.module); optimizer.step(); scheduler.step()
         method.on_step_end(step)            # pruned weights back to exactly 0 (gradients still there)
         optimizer.zero_grad()
     checkpoints: method.state_dict() / load_state_dict(), method.mask_checksum() compared across ranks
@@ -71,6 +73,11 @@ class PruningMethod(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Scalar loss [] and small float logs; `model` is `self.module`, possibly DDP-wrapped."""
+
+    def mask_gradients(self) -> None:
+        """After backward(), before the gradient norm is clipped: zero the gradients of what
+        the step will throw away (pruned entries), so they neither count in the clipped norm
+        nor enter the optimizer's moments. Nothing by default."""
 
     def on_step_end(self, step: int) -> None:
         """After optimizer.step(), before zero_grad(): undo what the optimizer did to pruned
@@ -177,6 +184,17 @@ class MaskedMethod(PruningMethod):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Scalar loss and small float logs."""
+
+    def mask_gradients(self) -> None:
+        """Zero the gradients of pruned entries (in place). At 90% sparsity most of the
+        gradient norm can sit on entries the step discards: left in, they would shrink the
+        clipped update of the kept ones, and AdamW's moments of pruned entries would not
+        stay 0. An entry pruned mid-run keeps its old moments, decaying; the weight itself
+        is zeroed after every step, so they never reach the model."""
+        self._follow_params()
+        for name, w in self.params.items():
+            if w.grad is not None:
+                w.grad.mul_(self.masks[name])
 
     def on_step_end(self, step: int) -> None:
         """Zero pruned weights again: weight decay and momentum move them off zero."""

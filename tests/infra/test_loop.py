@@ -112,6 +112,54 @@ def test_the_gradient_norm_is_clipped() -> None:
     assert float((after - before).norm()) == pytest.approx(0.5, rel=1e-4)
 
 
+def pruned_gmp(model: nn.Module) -> PruningMethod:
+    """GMP at 90% with its final masks in place before any step."""
+    method = build_method("gmp", model, total_steps=STEPS, final_sparsity=0.9, options={"update_every": 2})
+    method.update_masks(method.schedule.end_step)
+    return method
+
+
+def test_clipping_counts_only_the_gradients_of_kept_entries() -> None:
+    model = tiny_bert()
+    method = pruned_gmp(model)
+    scaled = Scaled(model, factor=1e4)  # the same model, a gradient norm far above the clip
+    scaled.mask_gradients, scaled.on_step_end = method.mask_gradients, method.on_step_end
+    trained = list(method.params.values())  # the masked matrices only: theirs is the whole norm
+    for param in model.parameters():
+        param.requires_grad_(any(param is w for w in trained))
+    optimizer = torch.optim.SGD(trained, lr=1.0)  # plain SGD: the update is the gradient
+    before = torch.cat([w.detach().flatten().clone() for w in trained])
+    loop.train_step(scaled, model, batch_at(0), optimizer, None, step=STEPS, max_grad_norm=0.5)
+    after = torch.cat([w.detach().flatten() for w in trained])
+    # The pruned entries' gradients are thrown away, so the whole clipped norm reaches the kept
+    # ones; clipped over every entry, the kept ones would get only a part of it (~1/3 here).
+    assert float((after - before).norm()) == pytest.approx(0.5, rel=1e-4)
+    assert all(torch.all(w[~method.masks[n]] == 0) for n, w in method.params.items())
+
+
+def test_adamw_moments_of_pruned_entries_stay_zero() -> None:
+    model = tiny_bert()
+    method = pruned_gmp(model)
+    optimizer, scheduler = make_training(method, lr=1e-2, constant=True)
+    loop.fit(method, model, (batch_at(s) for s in range(3)), steps=3, optimizer=optimizer,
+             scheduler=scheduler, max_grad_norm=1.0, start=0)
+    for name, w in method.params.items():
+        state, pruned = optimizer.state[w], ~method.masks[name]
+        assert pruned.float().mean() > 0.85, name
+        assert torch.all(state["exp_avg"][pruned] == 0), name
+        assert torch.all(state["exp_avg_sq"][pruned] == 0), name
+        assert torch.any(state["exp_avg"][~pruned] != 0), name  # the kept entries did train
+
+
+def test_the_base_method_leaves_gradients_alone() -> None:
+    model = tiny_bert()
+    method = TaskOnly(model)
+    task_loss(model, batch_at(0)).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    method.mask_gradients()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
 def test_a_step_calls_the_hooks_in_the_workers_order() -> None:
     seen: list[str] = []
 
@@ -143,7 +191,8 @@ def build(name: str, model: nn.Module) -> PruningMethod:
 
 
 def _reference_run(name: str) -> tuple[list[float], list[Tensor]]:
-    """The worker's loop as it was written out before infra.train.loop existed."""
+    """The worker's loop as it was written out before infra.train.loop existed (plus the
+    gradient masking before the clip, issue 14)."""
     model = tiny_bert()
     method = build(name, model)
     optimizer, scheduler = make_training(method)
@@ -154,6 +203,7 @@ def _reference_run(name: str) -> tuple[list[float], list[Tensor]]:
         method.on_step_start(step)
         loss, _ = method.loss(model, batch_at(step))
         loss.backward()
+        method.mask_gradients()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
