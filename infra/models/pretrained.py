@@ -2,7 +2,8 @@
 
 A model name is a packaged alias, a local directory in Hugging Face layout, or (only
 when the hub is allowed) a hub id. Saved models are safetensors + config + tokenizer,
-so `AutoModelForSequenceClassification.from_pretrained(dir)` loads them anywhere.
+so `AutoModelForSequenceClassification.from_pretrained(dir)` loads them anywhere. Weights
+are read from safetensors only: a directory whose weights are a pickle is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +53,27 @@ class ModelError(ValueError):
     """An unknown or unreadable model; the message names it and the fix."""
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # pytorch_model.bin and its kin
+
+
+def refuse_pickles(name_or_dir: str) -> None:
+    """Raise ModelError when a model directory holds pickled weights and no safetensors.
+
+    Unpickling runs whatever code the file names, so a downloaded or shared folder is
+    read through safetensors or not at all (every load below passes use_safetensors=True).
+    """
+    root = Path(name_or_dir)
+    if not root.is_dir() or any(root.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(
+            f"model directory {root} holds its weights as a pickle ({', '.join(pickles)}) and no "
+            "safetensors; loading a pickle can run code, so prunegrid does not: convert the weights "
+            "to safetensors once, where you trust the file (load it with its transformers class and "
+            "call save_pretrained(dir), which writes model.safetensors)")
+
+
 def resolve_model_dir(name: str, allow_hub: bool = False) -> str:
     """Turn a model name into something `from_pretrained` can open without a network."""
     if name in PACKAGED_MODELS:
@@ -72,6 +94,7 @@ def resolve_model_dir(name: str, allow_hub: bool = False) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory {path} has no config.json (expected Hugging Face layout)")
+        refuse_pickles(str(path))
         return str(path.resolve())
     if allow_hub and "/" in name and not name.startswith((".", "/")):
         return name
@@ -134,6 +157,7 @@ def load_classifier(name_or_dir: str, *, num_labels: int, init: str = "pretraine
     `label_names` (class i's name) go into the config's id2label / label2id, so the saved
     model predicts names; without them transformers' LABEL_i stay.
     """
+    refuse_pickles(name_or_dir)
     torch.manual_seed(seed)
     names = {"id2label": dict(enumerate(label_names)),
              "label2id": {name: i for i, name in enumerate(label_names)}} if label_names else {}
@@ -145,7 +169,7 @@ def load_classifier(name_or_dir: str, *, num_labels: int, init: str = "pretraine
         hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
         try:
             return AutoModelForSequenceClassification.from_pretrained(
-                name_or_dir, config=config, dtype=torch.float32
+                name_or_dir, config=config, dtype=torch.float32, use_safetensors=True
             )
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -170,6 +194,7 @@ def load_encoder(name_or_dir: str, *, init: str = "pretrained", seed: int = 0,
     """The bare encoder, no task head: a task-agnostic stage's teacher and student. With
     `mlm_head`, the masked-LM model (encoder + head, config.mask_token_id from the tokenizer)
     when the folder's weights hold the head (HomoDistil's prediction loss needs it)."""
+    refuse_pickles(name_or_dir)
     torch.manual_seed(seed)  # a random init (tiny tests) gives teacher and student the same weights
     try:
         if mlm_head and has_mlm_head(name_or_dir):
@@ -177,19 +202,22 @@ def load_encoder(name_or_dir: str, *, init: str = "pretrained", seed: int = 0,
             config.mask_token_id = load_tokenizer(name_or_dir).mask_token_id
             if init == "random":
                 return AutoModelForMaskedLM.from_config(config)
-            return AutoModelForMaskedLM.from_pretrained(name_or_dir, config=config, dtype=torch.float32)
+            return AutoModelForMaskedLM.from_pretrained(name_or_dir, config=config, dtype=torch.float32,
+                                                        use_safetensors=True)
         if init == "random":
             return AutoModel.from_config(AutoConfig.from_pretrained(name_or_dir))
-        return AutoModel.from_pretrained(name_or_dir, dtype=torch.float32)
+        return AutoModel.from_pretrained(name_or_dir, dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load an encoder from {name_or_dir}: {error}") from None
 
 
 def load_saved(model_dir: str) -> nn.Module:
     """A model this project saved (teacher or pruned), ready for evaluation."""
+    refuse_pickles(model_dir)
     hf_logging.disable_progress_bar()  # one bar per load clutters the demo's progress output
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32,
+                                                                   use_safetensors=True)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load saved model {model_dir}: {error}") from None
     return model.eval()
