@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 import torch
 
 from infra.data.benchmarks import CLASSIFICATION_METRICS, CLASSIFICATION_SCORE
-from infra.data.sources import DataError, TaskSource, is_regression, label_values, load_raw, validate
+from infra.data.checks import class_names, index_names, label_values, validate
+from infra.data.sources import DataError, TaskSource, is_regression, load_raw
 from infra.data.splits import SPLITS, SplitPlan, model_splits
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class DatasetRef:
     metrics: tuple[str, ...] = CLASSIFICATION_METRICS  # names in infra.evaluate.metrics
     score: tuple[str, ...] = CLASSIFICATION_SCORE  # `score` is their mean
     languages: tuple[tuple[str, str], ...] = ()  # (split, language) of a cross-lingual task's eval sets
+    label_names: tuple[str, ...] = ()  # class i's name when the data named its classes, else ()
 
     @property
     def regression(self) -> bool:
@@ -62,10 +64,12 @@ def _evaluation(source: TaskSource) -> dict[str, Any]:
     return {"metrics": list(task.metrics), "score": list(task.score), "languages": langs}
 
 
-def _ref(task: str, root: Path, digest: str, values: tuple[int, ...], sizes, evaluation: dict) -> DatasetRef:
+def _ref(task: str, root: Path, digest: str, values: tuple[int, ...], sizes, evaluation: dict,
+         names: tuple[str, ...]) -> DatasetRef:
     extra = {"metrics": tuple(evaluation["metrics"]), "score": tuple(evaluation["score"]),
              "languages": tuple(tuple(p) for p in evaluation["languages"])} if evaluation else {}
-    return DatasetRef(task, str(root.resolve()), digest, len(values) or 1, values, tuple(sizes), **extra)
+    return DatasetRef(task, str(root.resolve()), digest, len(values) or 1, values, tuple(sizes),
+                      **extra, label_names=names)
 
 
 # ---------------------------------------------------------------- tokenising and storing
@@ -104,12 +108,14 @@ def hash_lists(h: Any, column: pa.ChunkedArray, dtype: str) -> None:
     h.update(np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=dtype).tobytes())
 
 
-def _content_hash(tables: dict[str, pa.Table], label_values: tuple[int, ...], evaluation: dict) -> str:
-    """sha256 of what training and evaluation see: label values (and a benchmark's metrics), then
-    per split its name, size, token ids and labels."""
-    # A plain task's header is what it was before benchmarks existed, so its hash is unchanged.
+def _content_hash(tables: dict[str, pa.Table], label_values: tuple[int, ...], evaluation: dict,
+                  names: tuple[str, ...] = ()) -> str:
+    """sha256 of what training and evaluation see: label values (a benchmark's metrics, the class
+    names), then per split its name, size, token ids and labels."""
+    # A plain task's header is what it was before benchmarks and class names existed, so its
+    # hash is unchanged.
     header = {"format": FORMAT_VERSION, "label_values": list(label_values)} | (
-        {"evaluation": evaluation} if evaluation else {})
+        {"evaluation": evaluation} if evaluation else {}) | ({"label_names": list(names)} if names else {})
     h = hashlib.sha256(json.dumps(header).encode())
     for name, table in tables.items():
         h.update(f"|{name}:{table.num_rows}|".encode())
@@ -164,11 +170,13 @@ def prepare(source: TaskSource, spec: SplitPlan, tokenizer: Any, max_length: int
         raise DataError(f"max_length {max_length} must be > 2 and <= the tokenizer's limit {limit}")
     frame = load_raw(source, allow_hub)
     validate(frame, source)
-    values = label_values(frame, source)
+    values, names = label_values(frame, source), class_names(frame, source)
+    if names:  # named classes are stored, split and trained as their indexes
+        frame = index_names(frame, names)
     tables = {name: _encode(part, values, tokenizer, max_length)
               for name, part in model_splits(frame, source, spec).items()}
     evaluation = _evaluation(source)
-    digest = _content_hash(tables, values, evaluation)
+    digest = _content_hash(tables, values, evaluation, names)
     final = Path(out_root) / f"{source.name}-{digest[:12]}"
     sizes = tuple((name, table.num_rows) for name, table in tables.items())
     reused = _reuse(final, digest)
@@ -178,9 +186,10 @@ def prepare(source: TaskSource, spec: SplitPlan, tokenizer: Any, max_length: int
             "label_values": list(values), "sizes": dict(sizes),
             "tokenizer": getattr(tokenizer, "name_or_path", ""), "max_length": max_length,
             "source": asdict(source), "split": asdict(spec)} | (
-            {"evaluation": evaluation, "regression": is_regression(source)} if evaluation else {})
+            {"evaluation": evaluation, "regression": is_regression(source)} if evaluation else {}) | (
+            {"label_names": list(names)} if names else {})
     write_atomically(tables, meta, final)
-    return _ref(source.name, final, digest, values, sizes, evaluation)
+    return _ref(source.name, final, digest, values, sizes, evaluation, names)
 
 
 # ---------------------------------------------------------------- reading back
@@ -204,6 +213,7 @@ def load_ref(path: str) -> DatasetRef:
         values = tuple(int(v) for v in meta["label_values"])
         names = [str(name) for name in meta["sizes"]]
         evaluation = meta.get("evaluation", {})
+        classes = tuple(str(name) for name in meta.get("label_names", ()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{root} is not a prepared dataset (meta.json missing or invalid: {exc}); "
                         "run prepare() to create it") from exc
@@ -211,14 +221,14 @@ def load_ref(path: str) -> DatasetRef:
         raise DataError(f"{root}: meta.json lists splits {names}, not {list(SPLITS)}; prepare it again")
     tables = {name: read_table(root / f"{name}.parquet") for name in names}
     try:
-        intact = _content_hash(tables, values, evaluation) == digest
+        intact = _content_hash(tables, values, evaluation, classes) == digest
     except (KeyError, ValueError, pa.ArrowException):  # a column missing or of the wrong type
         intact = False
     if not intact:
         raise DataError(f"{root}: content does not match its hash {digest[:12]}; delete the dir and "
                         "prepare the data again")
     sizes = tuple((name, tables[name].num_rows) for name in names)
-    return _ref(task, root, digest, values, sizes, evaluation)
+    return _ref(task, root, digest, values, sizes, evaluation, classes)
 
 
 def read_split(ref: DatasetRef, split: str) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Raw task data: load a task's rows from its source, validate them, split them.
+"""Raw task data: load a task's rows from its source (checks.py validates them, splits.py splits them).
 
 Sources are a packaged CSV, a user's file, or a benchmark (GLUE / XGLUE) read from a local
 copy in the hub's layout or GLUE's original one (glue_original.py) or, when allowed, through
@@ -8,7 +8,6 @@ copy in the hub's layout or GLUE's original one (glue_original.py) or, when allo
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,7 +43,7 @@ class TaskSource:
     text_column: str
     text_pair_column: str | None
     label_column: str
-    labels: tuple[int, ...] | None
+    labels: tuple[int, ...] | tuple[str, ...] | None  # class values, or class names in index order
     task: BenchmarkTask | None  # a registry task: its splits, label names, metrics
 
 
@@ -225,68 +224,3 @@ def load_raw(source: TaskSource, allow_hub: bool = False) -> pd.DataFrame:
     elif not bad.any():
         frame["label"] = numeric.astype("int64")
     return frame
-
-
-# ---------------------------------------------------------------- validation
-
-
-def _describe(values: pd.Series, limit: int = 5) -> str:
-    shown = ", ".join(repr(v) for v in values.drop_duplicates().tolist()[:limit])  # plain 7, not np.int64(7)
-    return f"{len(values)} row(s), values {shown}" + (" ..." if values.nunique(dropna=False) > limit else "")
-
-
-def _check_text(frame: pd.DataFrame, column: str, source: TaskSource, origin: str) -> None:
-    text = frame[column]
-    empty = text.isna() | ~text.map(lambda v: isinstance(v, str) and bool(v.strip()))
-    if empty.any():
-        rows = frame.index[empty].tolist()
-        raise DataError(f"task {source.name!r}: {len(rows)} row(s) with empty or missing text in column "
-                        f"{origin!r} (0-based data rows {rows[:5]}{' ...' if len(rows) > 5 else ''}); "
-                        "drop or fill them")
-
-
-def label_values(frame: pd.DataFrame, source: TaskSource) -> tuple[int, ...]:
-    """The class values in order: index i of the classifier is label_values[i]; () for regression."""
-    if is_regression(source):
-        return ()
-    values = source.labels if source.labels is not None else frame["label"].unique()
-    return tuple(sorted(int(v) for v in values))  # sorted: (1, 0) must not swap the classes
-
-
-def _check_scores(frame: pd.DataFrame, source: TaskSource) -> None:
-    bad = ~np.isfinite(pd.to_numeric(frame["label"], errors="coerce").astype("float64"))
-    if bad.any():
-        raise DataError(f"task {source.name!r}: non-numeric regression target(s) in column "
-                        f"{source.label_column!r}: {_describe(frame['label'][bad])}; fix or drop them")
-
-
-def validate(frame: pd.DataFrame, source: TaskSource) -> None:
-    """Raise DataError on the first problem: missing columns, empty text, bad or unexpected labels."""
-    columns = {"text": source.text_column, "label": source.label_column}
-    if source.text_pair_column:
-        columns["text_pair"] = source.text_pair_column
-    missing = [orig for col, orig in columns.items() if col not in frame.columns]
-    if missing:
-        raise DataError(f"task {source.name!r}: column(s) {missing} missing; set the task's *_column names")
-    if frame.empty:
-        raise DataError(f"task {source.name!r}: no rows; check the file or the packaged subset")
-    for col in ("text", "text_pair"):
-        if col in columns:
-            _check_text(frame, col, source, columns[col])
-    if is_regression(source):
-        return _check_scores(frame, source)
-    numeric, bad = _int_labels(frame["label"])
-    if bad.any():
-        raise DataError(f"task {source.name!r}: non-integer labels in column {source.label_column!r}: "
-                        f"{_describe(frame['label'][bad])}; map them to integers")
-    if source.labels is not None:
-        if len(set(source.labels)) != len(source.labels) or len(source.labels) < 2:
-            raise DataError(f"task {source.name!r}: labels {source.labels} must be >= 2 distinct values")
-        unexpected = ~numeric.isin(source.labels)
-        if unexpected.any():
-            raise DataError(f"task {source.name!r}: unexpected label value(s) in column "
-                            f"{source.label_column!r}: {_describe(numeric[unexpected].astype('int64'))}; "
-                            f"allowed {list(source.labels)}: fix the data or the task's `labels`")
-    elif numeric.nunique() < 2:
-        raise DataError(f"task {source.name!r}: only label value(s) {sorted(numeric.unique())} found; "
-                        "a classifier needs at least 2 classes")

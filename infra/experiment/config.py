@@ -63,7 +63,9 @@ class TaskSpec(Frozen):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    labels: tuple[int, ...] | None = None
+    # The class values ([0, 1]) or class names ([negative, positive], in class-index order);
+    # unset: the values found, or the names found, sorted.
+    labels: tuple[int, ...] | tuple[str, ...] | None = None
     # XGLUE only: the target languages to evaluate (default: all of the task's); English,
     # the training language, is always evaluated. Left out of dumps when unset, so the job
     # ids of configs written before this key existed do not change.

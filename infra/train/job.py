@@ -76,7 +76,8 @@ def build_job(args: JobArgs, world: int) -> tuple[pa.Table, PruningMethod, int, 
                                  final_sparsity=args.sparsity, options=args.options)
         return table, method, per_epoch, args.pretrained
     source, init = _student_source(args)
-    student = pretrained.load_classifier(source, num_labels=ref.num_labels, init=init, seed=args.seed)
+    student = pretrained.load_classifier(source, num_labels=ref.num_labels, init=init, seed=args.seed,
+                                         label_names=ref.label_names)
     teacher = pretrained.load_saved(args.teacher_dir) if METHOD_SPECS[args.method].needs_teacher else None
     method = build_method(args.method, student, teacher=teacher, total_steps=total,
                           final_sparsity=args.sparsity, options=args.options)
