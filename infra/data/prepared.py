@@ -29,6 +29,7 @@ import torch
 
 from infra.data.benchmarks import CLASSIFICATION_METRICS, CLASSIFICATION_SCORE
 from infra.data.checks import class_names, index_names, label_values, validate
+from infra.data.order import rank_order
 from infra.data.sources import DataError, TaskSource, is_regression, load_raw
 from infra.data.splits import SPLITS, SplitPlan, model_splits
 
@@ -253,19 +254,6 @@ def num_batches(table: pa.Table, batch_size: int, world_size: int = 1, drop_last
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
-def _rank_order(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int,
-                world_size: int, drop_last: bool) -> np.ndarray:
-    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
-                         f"rank={rank}, world_size={world_size}")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    # Up to world_size - 1 examples (different ones each epoch when shuffled) sit out so
-    # ranks stay disjoint and equal; evaluate with world_size=1 for exact metrics.
-    per_rank = n // world_size
-    mine = order[: per_rank * world_size][rank::world_size]
-    return mine[: (per_rank // batch_size) * batch_size] if drop_last else mine
-
-
 def _padded(column: pa.ChunkedArray, idx: np.ndarray, pad: int) -> tuple[torch.Tensor, np.ndarray]:
     rows = column.take(pa.array(idx)).to_pylist()
     lengths = np.array([len(r) for r in rows])
@@ -276,11 +264,19 @@ def _padded(column: pa.ChunkedArray, idx: np.ndarray, pad: int) -> tuple[torch.T
 
 
 def batches(table: pa.Table, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
-            world_size: int = 1, pad_token_id: int = 0, drop_last: bool = False
-            ) -> Iterator[dict[str, torch.Tensor]]:
+            world_size: int = 1, pad_token_id: int = 0, drop_last: bool = False, length_buckets: bool = False,
+            example_ids: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Dynamically padded batches: input_ids, attention_mask, [token_type_ids] [B, T] (long), labels
-    [B] (long; float for regression); the same order for the same (seed, epoch), a disjoint shard per rank."""
-    order = _rank_order(table.num_rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last)
+    [B] (long; float for regression); the same order for the same (seed, epoch), a disjoint shard per rank.
+
+    `length_buckets`: examples of similar length share batches (infra.data.order), so batches
+    pad less; `example_ids`: each batch also carries "example_ids" [B] (long), the examples'
+    rows in `table` (a model's forward must not receive them).
+    """
+    lengths = table.column("input_ids").combine_chunks().value_lengths().to_numpy(
+        zero_copy_only=False) if length_buckets else None
+    order = rank_order(table.num_rows, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                       world_size=world_size, drop_last=drop_last, lengths=lengths)
     # A corpus for task-agnostic distillation has no label column: its batches carry none.
     labels = table.column("label").to_numpy() if "label" in table.column_names else None
     label_dtype = np.float32 if labels is not None and np.issubdtype(labels.dtype, np.floating) else np.int64
@@ -294,4 +290,6 @@ def batches(table: pa.Table, batch_size: int, *, shuffle: bool, seed: int, epoch
             batch["token_type_ids"] = _padded(table.column("token_type_ids"), idx, 0)[0]
         if labels is not None:
             batch["labels"] = torch.from_numpy(labels[idx].astype(label_dtype))
+        if example_ids:
+            batch["example_ids"] = torch.from_numpy(idx.astype(np.int64))
         yield batch
