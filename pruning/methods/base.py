@@ -30,6 +30,7 @@ from pruning.masks import (apply_masks, global_keep_masks, local_keep_masks, mag
                            masks_checksum)
 from pruning.schedules import CubicSchedule
 from pruning.targets import encoder_linear_weights, word_embedding_weight
+from pruning.teacher_outputs import TeacherOutputs
 
 # input_ids [B, T], attention_mask [B, T], token_type_ids [B, T] (may be absent), labels [B]
 Batch = dict[str, Tensor]
@@ -104,6 +105,17 @@ class PruningMethod(abc.ABC):
     def mask_checksum(self) -> int | None:
         """A 63-bit digest of the masks, equal on every DDP rank; None: the method has no masks."""
         return None
+
+    def teacher_outputs_spec(self) -> TeacherOutputs | None:
+        """What `loss` reads of a frozen teacher per example, so the job may compute it once
+        (`teacher_outputs`) and pass it in the batch as "teacher.<name>" keys
+        (pruning.teacher_outputs); None (the default): nothing to precompute."""
+        return None
+
+    def teacher_outputs(self, inputs: Batch) -> dict[str, Tensor]:
+        """The frozen teacher's outputs on `inputs` (no labels), name -> [B, ...], as `loss`
+        reads them; implemented by the methods whose `teacher_outputs_spec` is not None."""
+        raise NotImplementedError(f"{self.name} has no frozen-teacher outputs to precompute")
 
 
 def task_loss(model: nn.Module, batch: Batch) -> Tensor:

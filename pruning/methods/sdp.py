@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from pruning import losses
+from pruning import losses, teacher_outputs
 from pruning.analysis import RECOVERY_STEPS
 from pruning.features import capture_output
 from pruning.masks import apply_masks
 from pruning.methods.base import Allocation, Batch, MaskedMethod
 from pruning.schedules import END_FRACTION, START_FRACTION, UPDATE_EVERY, CubicSchedule
+from pruning.teacher_outputs import TeacherOutputs
 
 Representation = Literal["cls", "pooled", "logits", "all_layers"]
 SelfLoss = Literal["cross_correlation", "kl_logits", "mse_logits", "cosine"]
@@ -166,6 +167,18 @@ class SelfDistilled(MaskedMethod):
         with torch.no_grad():
             return self._forward(self.teacher, inputs)
 
+    def teacher_outputs_spec(self) -> TeacherOutputs | None:
+        """logits [C] and representation(s) [R, d] per example; None in shared mode, whose
+        teacher is the student's own weights (they change as it trains)."""
+        if self.teacher is None:
+            return None
+        return TeacherOutputs(f"sdp/{self.representation}", (("logits", ()), ("reps", ())))
+
+    def teacher_outputs(self, inputs: Batch) -> dict[str, Tensor]:
+        """The frozen teacher's {"logits": [N, C], "reps": [N, R, d]} (R = L for "all_layers", else 1)."""
+        outputs, reps = self._teacher_forward(inputs)
+        return {"logits": outputs.logits, "reps": torch.stack(reps, dim=1)}
+
     def distill_loss(self, student_out, student_reps: list[Tensor], teacher_out,
                      teacher_reps: list[Tensor]) -> Tensor:
         """The self-distillation term (before beta) for the configured `self_loss`."""
@@ -180,11 +193,15 @@ class SelfDistilled(MaskedMethod):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """CE(y, f_pruned(x)) + beta * self-distillation loss, and its parts as logs."""
+        batch, cached = teacher_outputs.split(batch)  # precomputed frozen-teacher outputs, if any
         if "labels" not in batch:
             raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); the task loss needs them")
         # Teacher first: the shared mode edits the weights in place, which must happen
         # before the student's forward saves them for backward.
-        teacher_out, teacher_reps = self._teacher_forward(batch)
+        if cached:
+            teacher_out, teacher_reps = _Logits(cached["logits"]), list(cached["reps"].unbind(1))
+        else:
+            teacher_out, teacher_reps = self._teacher_forward(batch)
         student_out, student_reps = self._forward(model, batch)
         task = student_out.loss
         distill = self.distill_loss(student_out, student_reps, teacher_out, teacher_reps)
@@ -211,6 +228,12 @@ class SelfDistilled(MaskedMethod):
         if self.teacher_mode == "shared":
             self.lifted = {n: lifted[n].to(self.params[n].device, self.params[n].dtype)
                            for n in self.params}
+
+
+class _Logits(NamedTuple):
+    """Precomputed teacher logits [N, C], read where the live outputs' `.logits` are."""
+
+    logits: Tensor
 
 
 def _pooler(model: nn.Module) -> nn.Module:

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pruning import losses
+from pruning import losses, teacher_outputs
 from pruning.analysis import RECOVERY_STEPS
 from pruning.features import capture_attention_scores
 from pruning.methods.base import Allocation, Batch, MaskedMethod
 from pruning.schedules import START_FRACTION, CubicSchedule
+from pruning.teacher_outputs import TeacherOutputs
 
 TARGET_MASK_UPDATES = 100  # METHODS.md: "~100 mask updates"
 
@@ -90,25 +91,44 @@ class SparseBert(MaskedMethod):
             outputs = model(**batch, output_hidden_states=True)
         return outputs, scores
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Hidden-state + attention-score + prediction distillation; parts as logs."""
-        if "labels" not in batch:
-            raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); the task loss needs them")
+    def _teacher(self, batch: Batch, cached: dict[str, Tensor]
+                 ) -> tuple[tuple[Tensor, ...], list[Tensor], Tensor]:
+        """The teacher's hidden states (L + 1 x [N, T, H]), attention scores (L x [N, h, T, T]) and
+        logits [N, C]: the precomputed ones when the batch carried them, else a forward pass."""
+        if cached:
+            return tuple(cached["hidden"].unbind(1)), list(cached["scores"].unbind(1)), cached["logits"]
         device = next(self.student.parameters()).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         with torch.no_grad():
             t_out, t_scores = self._run(self.teacher, inputs)
+        return t_out.hidden_states, t_scores, t_out.logits
+
+    def teacher_outputs_spec(self) -> TeacherOutputs:
+        """Per example: hidden states [L+1, T, H], attention scores [L, h, T, T], logits [C]."""
+        return TeacherOutputs("sparsebert", (("hidden", (1,)), ("scores", (2, 3)), ("logits", ())))
+
+    def teacher_outputs(self, inputs: Batch) -> dict[str, Tensor]:
+        """The teacher's {"hidden": [N, L+1, T, H], "scores": [N, L, h, T, T], "logits": [N, C]}."""
+        hidden, scores, logits = self._teacher(inputs, {})
+        return {"hidden": torch.stack(hidden, dim=1), "scores": torch.stack(scores, dim=1), "logits": logits}
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Hidden-state + attention-score + prediction distillation; parts as logs."""
+        batch, cached = teacher_outputs.split(batch)  # precomputed frozen-teacher outputs, if any
+        if "labels" not in batch:
+            raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); the task loss needs them")
+        t_hidden, t_scores, t_logits = self._teacher(batch, cached)
         s_out, s_scores = self._run(model, batch)
         mask = batch.get("attention_mask")
-        hidden = losses.hidden_states_mse(s_out.hidden_states, t_out.hidden_states)
+        hidden = losses.hidden_states_mse(s_out.hidden_states, t_hidden)
         attention = losses.attention_scores_mse(s_scores, t_scores, mask)
         if s_out.logits.shape[-1] == 1:  # regression: MSE to gold (METHODS.md)
             prediction = F.mse_loss(s_out.logits.squeeze(-1).float(), batch["labels"].float())
         else:
             # The authors' (TinyBERT's) mean over batch x classes, not the per-example sum.
-            prediction = losses.soft_cross_entropy(s_out.logits, t_out.logits, self.temperature,
+            prediction = losses.soft_cross_entropy(s_out.logits, t_logits, self.temperature,
                                                    reduction="mean")
         w_h, w_a, w_p = self.weights
         total = w_h * hidden + w_a * attention + w_p * prediction
