@@ -6,6 +6,7 @@
     <home>/models/<alias>/                  a packaged checkpoint converted once (infra.models.pretrained)
     <home>/ray_results/<job_id>-<run key8>/ Ray Train's run folders: an unfinished run's checkpoints
     <home>/results/                         cached task results (tasks.cache)
+    <home>/teacher_outputs/<data hash12>-<hash12>/  a frozen teacher's outputs per example (infra.train.teacher_cache)
     <home>/stack/                           the local servers' pids, logs and stores (infra.stack)
     <home>/bench/, <home>/bench-<name>/     the benchmarks' scratch (bench/), with its own data/, models/
 
@@ -41,6 +42,11 @@ def results_dir(home: str | Path) -> Path:
 def stack_dir(home: str | Path) -> Path:
     """The local servers' files (infra.stack.local_stack)."""
     return Path(home) / "stack"
+
+
+def teacher_outputs_dir(home: str | Path) -> Path:
+    """Frozen teachers' outputs per example, one folder per teacher, train split and what is kept."""
+    return Path(home) / "teacher_outputs"
 
 
 def bench_dir(home: str | Path, name: str | None = None) -> Path:
