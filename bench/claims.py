@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.5, 0.7, 0.9)
 SPARSEBERT_SPARSITY = 0.95
 # SparseBERT's own recipe (METHODS.md section 3): batch 32, lr 3e-5 constant, weight decay 0.01.
-SPARSEBERT_RECIPE = {"batch_size": 32, "learning_rate": 3e-5, "weight_decay": 0.01, "warmup_fraction": 0.0}
+SPARSEBERT_RECIPE = {"batch_size": 32, "learning_rate": 3e-5, "weight_decay": 0.01, "warmup_fraction": 0.0,
+                     "lr_schedule": "constant"}
 SCALES = {  # seeds, max train examples (None: the config's), max eval examples, step-time repeats
     "full": {"seeds": (0, 1, 2), "train": None, "eval": None, "repeats": 10},
     "quick": {"seeds": (0,), "train": 128, "eval": 128, "repeats": 3},
@@ -83,12 +84,12 @@ def prepare(config: Path, scale: dict, work: Path, threads: int) -> Setup:
 
 
 def train(setup: Setup, name: str, student: nn.Module, spec: TrainSpec, *, sparsity: float, seed: int,
-          teacher: nn.Module | None = None, constant_lr: bool = False, options: dict | None = None):
+          teacher: nn.Module | None = None, options: dict | None = None):
     """Train `student` with method `name`; returns the method (its masks and recovery curve)."""
     table = data.read_split(setup.ref, "train")
     method = build_method(name, student, teacher=teacher, total_steps=steps_of(table, spec),
                           final_sparsity=sparsity, options=options or {})
-    train_method(method, table, spec, seed=seed, constant_lr=constant_lr)
+    train_method(method, table, spec, seed=seed)
     return method
 
 
@@ -97,15 +98,14 @@ def steps_of(table: pa.Table, spec: TrainSpec) -> int:
     return loop.total_steps(spec.epochs, data.num_batches(table, spec.batch_size, drop_last=True))
 
 
-def train_method(method: PruningMethod, table: pa.Table, spec: TrainSpec, *, seed: int,
-                 constant_lr: bool = False) -> None:
+def train_method(method: PruningMethod, table: pa.Table, spec: TrainSpec, *, seed: int) -> None:
     """infra.train.loop.fit on one process: `method.module` trained for `steps_of(table, spec)`."""
     per_epoch = data.num_batches(table, spec.batch_size, drop_last=True)
     total = steps_of(table, spec)
     optimizer = loop.make_optimizer(method.module, learning_rate=spec.learning_rate,
                                     weight_decay=spec.weight_decay)
     scheduler = loop.make_scheduler(optimizer, total_steps=total, warmup_fraction=spec.warmup_fraction,
-                                    constant=constant_lr)
+                                    schedule=spec.lr_schedule, min_lr_fraction=spec.min_lr_fraction)
     pad = getattr(method.student.config, "pad_token_id", 0) or 0
     stream = loop.stream_epochs(
         lambda epoch: data.batches(table, spec.batch_size, shuffle=True, seed=seed, epoch=epoch,
@@ -191,7 +191,7 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
         student = pretrained_model(setup, seed=seed)
         spec = prune.model_copy(update=SPARSEBERT_RECIPE)
         method = train(setup, "sparsebert", student, spec, sparsity=SPARSEBERT_SPARSITY, seed=seed,
-                       teacher=pretrained.load_saved(teacher_dir), constant_lr=True)
+                       teacher=pretrained.load_saved(teacher_dir))
         record(f"sparsebert@{SPARSEBERT_SPARSITY}", evaluate(setup, student, f"sb-{seed}"), method)
     shutil.rmtree(teacher_dir, ignore_errors=True)
     return summarise(teacher_metrics, runs)

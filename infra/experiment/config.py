@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.data import benchmarks
+from infra.train.loop import LRSchedule
 from pruning.methods import MethodName, method_options
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -120,9 +121,25 @@ class TrainSpec(Frozen):
     learning_rate: Annotated[float, Field(gt=0.0)] = 5e-5
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
     warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.06
+    # The rate after the warm-up (infra.train.loop.lr_multiplier): "linear" or "cosine" decay
+    # over the run, or "constant"; never below `min_lr_fraction` of the peak. Left out of dumps
+    # at the values every job trained with before these keys existed, so those job ids stay.
+    lr_schedule: LRSchedule = Field(default="linear", exclude_if=lambda v: v == "linear")
+    min_lr_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = Field(default=0.0,
+                                                                     exclude_if=lambda v: v == 0.0)
     max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
     checkpoint_every: PositiveInt = 50  # optimizer steps between checkpoints
     log_every: PositiveInt = 10
+
+
+class PruneSpec(TrainSpec):
+    """`prune:`, the training of every grid point: as TrainSpec, but its rate stays at the peak
+    after the warm-up. The masks reach their final sparsity at 2/3 of the run
+    (pruning.schedules.END_FRACTION) and the last third is recovery under fixed masks; a rate
+    decaying linearly to 0 over the run leaves that third about 11% of the run's learning-rate
+    mass, a constant one a third of it (infra.train.loop.lr_mass_after)."""
+
+    lr_schedule: LRSchedule = Field(default="constant", exclude_if=lambda v: v == "linear")
 
 
 class CorpusSource(Frozen):
@@ -218,7 +235,10 @@ class ExperimentConfig(Frozen):
     model: ModelSpec = ModelSpec()
     tasks: Annotated[tuple[TaskSpec, ...], Field(min_length=1)]
     teacher: TrainSpec = TrainSpec()
-    prune: TrainSpec = TrainSpec(epochs=2.0)
+    prune: PruneSpec = PruneSpec(epochs=2.0)
+    # Per method, `prune:` keys that differ for its jobs, e.g. SparseBERT's own recipe:
+    # {sparsebert: {learning_rate: 3.0e-5, lr_schedule: constant, warmup_fraction: 0.0}}.
+    prune_overrides: dict[MethodName, dict[str, object]] = Field(default_factory=dict)
     distil: DistilSpec = DistilSpec()
     grid: GridSpec = GridSpec()
     compute: ComputeSpec = ComputeSpec()
@@ -231,6 +251,32 @@ class ExperimentConfig(Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"task names repeat: {names}")
         return self
+
+    @model_validator(mode="after")
+    def _prune_overrides_fit(self) -> "ExperimentConfig":
+        known = sorted(PruneSpec.model_fields)
+        for method, override in self.prune_overrides.items():
+            if method not in self.grid.methods:
+                raise ValueError(f"prune_overrides given for method '{method}', which is not in "
+                                 f"grid.methods {list(self.grid.methods)}")
+            unknown = sorted(set(override) - set(known))
+            if unknown:
+                raise ValueError(f"prune_overrides.{method}: unknown key(s) {unknown}; known: {known}")
+            try:
+                self.prune_for(method)
+            except ValidationError as error:
+                bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise ValueError(f"prune_overrides.{method}: {bad}") from None
+        return self
+
+    def prune_for(self, method: str) -> PruneSpec:
+        """`prune:` with `method`'s overrides applied: the training of that method's grid jobs."""
+        override = self.prune_overrides.get(method)
+        if not override:
+            return self.prune
+        # Every field by name: a dump would leave out the fields excluded at their old values.
+        values = {name: getattr(self.prune, name) for name in PruneSpec.model_fields}
+        return PruneSpec.model_validate(values | override)
 
     @model_validator(mode="after")
     def _gate_metric_exists(self) -> "ExperimentConfig":

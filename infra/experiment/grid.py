@@ -127,5 +127,5 @@ def expand_grid(cfg: ExperimentConfig, task: TaskSpec) -> list[JobSpec]:
         for sparsity in cfg.grid.sparsities:
             for options in _option_combinations(cfg, method):
                 for seed in cfg.grid.seeds:
-                    jobs.append(_make_job(cfg, task, method, sparsity, seed, options, cfg.prune))
+                    jobs.append(_make_job(cfg, task, method, sparsity, seed, options, cfg.prune_for(method)))
     return jobs

@@ -65,8 +65,9 @@ class EvalRecord:
         return dict(self.metrics)[name]
 
 
-def _args(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | None, ctx: GridContext,
-          run_id: str, student: ModelRef | None) -> ray_job.JobArgs:
+def job_args(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | None, ctx: GridContext,
+             run_id: str | None, student: ModelRef | None = None) -> ray_job.JobArgs:
+    """What every Ray worker of `job` gets: its settings, where its data and models are."""
     t = job.train
     return ray_job.JobArgs(
         job_id=job.job_id, method=job.method, sparsity=job.sparsity, seed=job.seed,
@@ -75,6 +76,7 @@ def _args(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
         stage=job.stage, student_dir=student.local_dir if student else None,
         epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
+        lr_schedule=t.lr_schedule, min_lr_fraction=t.min_lr_fraction,
         max_grad_norm=t.max_grad_norm, checkpoint_every=t.checkpoint_every, log_every=t.log_every,
         mlflow_run_id=run_id, tracking_uri=ctx.tracking_uri,
         threads_per_worker=job.compute.cpus_per_worker,
@@ -138,7 +140,7 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
     out_dir = paths.models_dir(ctx.home) / f"{job.job_id}-{key[:8]}"
     try:
         ray_job.run_job(
-            _args(job, dataset, teacher, ctx, run_id, student), run_name=out_dir.name,
+            job_args(job, dataset, teacher, ctx, run_id, student), run_name=out_dir.name,
             num_workers=job.compute.num_workers,
             cpus_per_worker=job.compute.cpus_per_worker, use_gpu=job.compute.use_gpu,
             max_failures=job.compute.max_failures, storage_path=paths.ray_results_dir(ctx.home),

@@ -40,6 +40,8 @@ class JobArgs:
     checkpoint_every: int
     log_every: int
     mlflow_run_id: str | None = None
+    lr_schedule: str = "linear"  # infra.train.loop.LR_SCHEDULES
+    min_lr_fraction: float = 0.0
     tracking_uri: str | None = None
     stage: str = "task"  # "distil": a two-stage method's task-agnostic stage on a text corpus
     student_dir: str | None = None  # the distilled student a "distilled" method starts from

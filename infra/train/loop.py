@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LRScheduler
-from transformers import get_constant_schedule, get_linear_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from pruning.methods import PruningMethod
 from pruning.methods.base import Batch
 
 # on_step(steps done so far, the step's loss [], its logs): after every optimizer step.
 StepHook = Callable[[int, Tensor, dict[str, float]], None]
+# After the warm-up: decay to the floor over the run (linear, half a cosine), or stay at the peak.
+LRSchedule = Literal["linear", "cosine", "constant"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,13 +59,52 @@ def make_optimizer(module: nn.Module, *, learning_rate: float, weight_decay: flo
     return torch.optim.AdamW(param_groups(module, weight_decay), lr=learning_rate)
 
 
+def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str = "linear",
+                  min_lr_fraction: float = 0.0) -> float:
+    """The learning rate of optimizer step `step` (0-based steps done) as a share of the peak.
+
+    Linear warm-up from 0 over `warmup_steps`, then `schedule` ("linear" or "cosine" decay from 1
+    at the warm-up's end to 0 at `total_steps`, or "constant"), never below `min_lr_fraction`
+    after the warm-up. "linear" with floor 0 is transformers' get_linear_schedule_with_warmup,
+    to the bit.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if not 0.0 <= min_lr_fraction <= 1.0:
+        raise ValueError(f"min_lr_fraction must be in [0, 1], got {min_lr_fraction}")
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    if schedule == "constant":
+        return 1.0
+    span = float(max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        decay = max(0.0, float(total_steps - step) / span)
+    else:
+        decay = max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span))))
+    return min_lr_fraction + (1.0 - min_lr_fraction) * decay
+
+
+def lr_mass_after(step: int, *, total_steps: int, warmup_steps: int, schedule: str = "linear",
+                  min_lr_fraction: float = 0.0) -> float:
+    """The share of the run's learning-rate mass (the sum of `lr_multiplier` over its steps)
+    that falls on steps `step`, ..., `total_steps - 1`: for `step` = the last mask update, what
+    the recovery phase gets to learn with."""
+    rates = [lr_multiplier(s, total_steps=total_steps, warmup_steps=warmup_steps, schedule=schedule,
+                           min_lr_fraction=min_lr_fraction) for s in range(total_steps)]
+    total = math.fsum(rates)
+    return math.fsum(rates[max(0, step):]) / total if total > 0 else 0.0
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_fraction: float,
-                   constant: bool = False) -> LRScheduler:
-    """Linear warm-up over `warmup_fraction` of `total_steps`, then linear decay to 0; or a
-    constant rate (`constant`: SparseBERT's recipe)."""
-    if constant:
-        return get_constant_schedule(optimizer)
-    return get_linear_schedule_with_warmup(optimizer, int(warmup_fraction * total_steps), total_steps)
+                   schedule: str = "linear", min_lr_fraction: float = 0.0) -> LRScheduler:
+    """The rate of each step as `lr_multiplier` of the optimizer's peak rate; the warm-up is
+    `warmup_fraction` of `total_steps` (SparseBERT's recipe: "constant", no warm-up)."""
+    lr_multiplier(0, total_steps=total_steps, warmup_steps=0, schedule=schedule,
+                  min_lr_fraction=min_lr_fraction)  # a bad schedule fails here, not at step 1
+    # A partial, not a closure: LambdaLR checkpoints it as {} (JSON-able), as it did transformers'.
+    return LambdaLR(optimizer, partial(lr_multiplier, total_steps=total_steps,
+                                       warmup_steps=int(warmup_fraction * total_steps),
+                                       schedule=schedule, min_lr_fraction=min_lr_fraction))
 
 
 def train_step(method: PruningMethod, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,

@@ -112,8 +112,8 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(method.module)  # ray: device placement + DDP when world > 1
     optimizer = loop.make_optimizer(method.module, learning_rate=args.learning_rate,
                                     weight_decay=args.weight_decay)
-    scheduler = loop.make_scheduler(optimizer, total_steps=total_steps,
-                                    warmup_fraction=args.warmup_fraction)
+    scheduler = loop.make_scheduler(optimizer, total_steps=total_steps, warmup_fraction=args.warmup_fraction,
+                                    schedule=args.lr_schedule, min_lr_fraction=args.min_lr_fraction)
     worker = _Worker(args, rank, world, per_epoch, total_steps, method, optimizer, scheduler, source)
 
     first_step = _resume(worker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import pyarrow as pa
 import pytest
 import torch
 from torch import Tensor, nn
+from transformers import get_linear_schedule_with_warmup
 
 from infra import data
+from infra.experiment.config import PruneSpec
 from infra.train import checkpoints, loop
 from pruning.methods import PruningMethod, build_method
 from pruning.methods.base import Batch, task_loss
+from pruning.schedules import CubicSchedule
 from tests.tiny import VOCAB, make_tiny_bert as tiny_bert
 
 STEPS = 12
@@ -56,9 +60,77 @@ class Scaled(TaskOnly):
 
 
 def make_training(method: PruningMethod, *, lr: float = 1e-3, constant: bool = False):
+    """AdamW with a linear schedule (warm-up 20%), or a constant rate from the first step."""
     optimizer = loop.make_optimizer(method.module, learning_rate=lr, weight_decay=0.01)
-    scheduler = loop.make_scheduler(optimizer, total_steps=STEPS, warmup_fraction=0.2, constant=constant)
+    scheduler = loop.make_scheduler(optimizer, total_steps=STEPS, warmup_fraction=0.0 if constant else 0.2,
+                                    schedule="constant" if constant else "linear")
     return optimizer, scheduler
+
+
+def rates(scheduler, steps: int) -> list[float]:
+    """The rate each of `steps` optimizer steps trains with."""
+    seen = []
+    for _ in range(steps):
+        seen.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_the_linear_schedule_is_transformers_to_the_bit() -> None:
+    for total, warmup in ((31, 0.06), (100, 0.1), (7, 0.0)):
+        ours = loop.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=5e-5),
+                                   total_steps=total, warmup_fraction=warmup)
+        theirs = get_linear_schedule_with_warmup(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=5e-5),
+                                                 int(warmup * total), total)
+        assert rates(ours, total + 2) == rates(theirs, total + 2)
+
+
+@pytest.mark.parametrize("schedule", loop.LR_SCHEDULES)
+def test_each_schedule_warms_up_then_keeps_to_its_floor(schedule: str) -> None:
+    total, warmup, floor = 100, 10, 0.2
+    at = [loop.lr_multiplier(s, total_steps=total, warmup_steps=warmup, schedule=schedule,
+                             min_lr_fraction=floor) for s in range(total)]
+    assert at[0] == 0.0 and at[5] == pytest.approx(0.5) and at[warmup] == 1.0
+    assert all(a >= b for a, b in zip(at[warmup:], at[warmup + 1:]))  # never rises after the warm-up
+    assert min(at[warmup:]) >= floor
+    if schedule == "constant":
+        assert set(at[warmup:]) == {1.0}
+    else:  # linear: the middle of the decay is halfway to the floor; cosine: too, by symmetry
+        assert at[55] == pytest.approx(floor + (1 - floor) * 0.5, abs=0.01)
+        assert at[-1] < floor + 0.05
+    with pytest.raises(ValueError, match="lr schedule"):
+        loop.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=10,
+                            warmup_fraction=0.0, schedule="step")
+
+
+def test_the_schedule_resumes_from_a_json_checkpoint() -> None:
+    def fresh():
+        return loop.make_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=20,
+                                   warmup_fraction=0.1, schedule="cosine", min_lr_fraction=0.1)
+
+    straight, first = fresh(), fresh()
+    expected = rates(straight, 20)
+    rates(first, 8)
+    state = json.loads(json.dumps(first.state_dict()))  # checkpoints keep it as JSON
+    second = fresh()
+    second.load_state_dict(state)
+    assert rates(second, 12) == expected[8:]
+
+
+@pytest.mark.parametrize("total", [31, 250, 3000])  # the demo's pruning job (0.5 epoch), longer ones
+def test_the_default_pruning_recipe_leaves_a_third_of_its_rate_to_recovery(total: int) -> None:
+    """After the last mask update, training recovers under fixed masks; linear decay to 0 over
+    the run (the recipe before issue 14) left that phase about 11% of the run's rate mass."""
+    spec, schedule = PruneSpec(), CubicSchedule.over_run(total, 0.9, update_every=4)
+    last_update = max(s for s in range(total) if schedule.is_update_step(s))
+    shape = dict(total_steps=total, warmup_steps=int(spec.warmup_fraction * total))
+    recovery = loop.lr_mass_after(last_update, schedule=spec.lr_schedule,
+                                  min_lr_fraction=spec.min_lr_fraction, **shape)
+    before = loop.lr_mass_after(last_update, schedule="linear", min_lr_fraction=0.0, **shape)
+    assert recovery >= 0.30
+    assert before < 0.15
+    assert loop.lr_mass_after(0, schedule="linear", **shape) == pytest.approx(1.0)
 
 
 def test_total_steps_round_up_and_never_reach_zero() -> None:
