@@ -40,8 +40,8 @@ def capture_attention_scores(model: nn.Module) -> Iterator[list[Tensor]]:
     transformers returns post-softmax attentions (and none at all under SDPA), so
     forward hooks take the outputs of W_q and W_k [B, T, H] and the scores are
     Q K^T / sqrt(d_head) per head, as BertSelfAttention computes them before adding
-    the mask. Yields a list that holds one [B, h, T, T] tensor per layer after the
-    forward; the hooks are removed on exit.
+    the mask (a compact model: over its original head size). Yields a list that holds one
+    [B, h, T, T] tensor per layer after the forward; the hooks are removed on exit.
     """
     scores: list[Tensor] = []
     hooks = []
@@ -51,8 +51,11 @@ def capture_attention_scores(model: nn.Module) -> Iterator[list[Tensor]]:
         def on_query(_m, _i, out, pending=pending):
             pending["q"] = out
 
-        def on_key(_m, _i, out, pending=pending, heads=attention.num_attention_heads):
-            scores.append(losses.attention_scores(pending.pop("q"), out, heads))
+        # A compact model's narrowed heads keep the original head's scale.
+        scale_dim = getattr(getattr(attention, "config", None), "scaling_head_size", None)
+
+        def on_key(_m, _i, out, pending=pending, heads=attention.num_attention_heads, scale=scale_dim):
+            scores.append(losses.attention_scores(pending.pop("q"), out, heads, scale))
 
         hooks += [attention.query.register_forward_hook(on_query),
                   attention.key.register_forward_hook(on_key)]

@@ -35,7 +35,7 @@ def raw_group_scores(
     totals = {g: torch.zeros(v.numel(), device=v.device) for g, v in held.items()}
     for name, groups in group_layout(list(params)).items():
         p = params[name]
-        if not p.requires_grad:
+        if not p.requires_grad or p.numel() == 0:  # a layer cut to no heads computes nothing
             continue
         if p.grad is None:
             raise ValueError(f"no gradient for {name}: score groups after backward() and "

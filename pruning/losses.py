@@ -149,12 +149,14 @@ def hidden_states_mse(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) 
                start=torch.zeros((), device=student[0].device))
 
 
-def attention_scores(query: Tensor, key: Tensor, num_heads: int) -> Tensor:
+def attention_scores(query: Tensor, key: Tensor, num_heads: int, scale_dim: int | None = None) -> Tensor:
     """Pre-softmax attention scores Q K^T / sqrt(d_head) per head.
 
     Args:
         query, key: projected hidden states [B, T, H] (outputs of W_q and W_k).
         num_heads: h, with H = h * d_head.
+        scale_dim: divide by sqrt(scale_dim) instead (a compact model cut to narrower
+            heads keeps its original head's scale: CompactBertConfig.scaling_head_size).
 
     Returns:
         [B, h, T, T] raw scores (no mask added, no softmax).
@@ -163,7 +165,7 @@ def attention_scores(query: Tensor, key: Tensor, num_heads: int) -> Tensor:
     d_head = width // num_heads
     q = query.view(b, t, num_heads, d_head).transpose(1, 2)  # [B, h, T, d]
     k = key.view(b, key.shape[1], num_heads, d_head).transpose(1, 2)  # [B, h, S, d]
-    return q @ k.transpose(-1, -2) / math.sqrt(d_head)
+    return q @ k.transpose(-1, -2) / math.sqrt(scale_dim or d_head)
 
 
 def masked_scores(scores: Tensor, attention_mask: Tensor | None) -> Tensor:

@@ -192,10 +192,21 @@ def slice_parameters_(module: nn.Module, masks: StructuredMasks, *, present: Str
         for key, value in state.items():
             if isinstance(value, Tensor) and value.shape == param.shape:
                 state[key] = _cut(value, groups, index)
-        param.data = _cut(param.data, groups, index)
         param.grad = None
+        _swap(name, param, nn.Parameter(_cut(param.detach(), groups, index),
+                                        requires_grad=param.requires_grad))
     for child in module.modules():
         _follow_sizes(child)
+
+
+def _swap(name: str, param: nn.Parameter, cut: nn.Parameter) -> None:
+    # A swap, not `param.data = cut`: autograd caches a gradient accumulator of the old shape
+    # on the parameter while a graph that used it lives (the loop's last loss, after backward).
+    try:
+        torch.utils.swap_tensors(param, cut)
+    except RuntimeError as error:
+        raise RuntimeError(f"cannot cut {name}: a graph that was never backpropagated still holds "
+                           f"it; run backward on (or drop) every loss first ({error})") from None
 
 
 def _follow_sizes(module: nn.Module) -> None:
