@@ -148,8 +148,10 @@ def load(folder: Path, *, module: nn.Module, method, optimizer: torch.optim.Opti
             f"{where.batches_per_epoch} batches per epoch; this run has {world_size} and "
             f"{batches_per_epoch}, so the data position would not match: rerun with the same "
             "num_workers, or start the job afresh")
-    module.load_state_dict(load_file(str(folder / "model.safetensors")))
+    # The method first: one that sliced its module mid-run (HomoDistil) cuts the fresh module
+    # to the checkpoint's shapes here, so the weights and the optimizer's state then fit.
     method.load_state_dict(load_file(str(folder / "method.safetensors")))
+    module.load_state_dict(load_file(str(folder / "model.safetensors")))
     optimizer.load_state_dict(_optimizer_state(load_file(str(folder / "optimizer.safetensors")),
                                                trainer["optimizer"]))
     scheduler.load_state_dict(trainer["scheduler"])

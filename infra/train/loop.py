@@ -12,6 +12,7 @@ here, so a recipe fix reaches both. A step, in this order:
     optimizer.step(); scheduler.step()
     method.on_step_end(step)                # gradients still there: scores read them
     optimizer.zero_grad(set_to_none=True)
+    method.reshape(optimizer)               # a method that slices its module (and the state) does it here
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def train_step(method: PruningMethod, model: nn.Module, batch: Batch, optimizer:
     # Gradients are still there: sensitivity scores (HomoDistil, PLATON) read them here.
     method.on_step_end(step)
     optimizer.zero_grad(set_to_none=True)
+    # HomoDistil cuts pruned groups out of its student here (its AdamW state with them).
+    method.reshape(optimizer)
     return loss, logs
 
 

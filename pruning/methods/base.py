@@ -13,6 +13,7 @@ the loop:
         clip(method.module); optimizer.step(); scheduler.step()
         method.on_step_end(step)            # pruned weights back to exactly 0 (gradients still there)
         optimizer.zero_grad()
+        method.reshape(optimizer)           # a method that slices its module does it here
     checkpoints: method.state_dict() / load_state_dict(), method.mask_checksum() compared across ranks
     the end: method.export() is saved, method.recovery (if any) beside it
 """
@@ -83,6 +84,13 @@ class PruningMethod(abc.ABC):
     def on_step_end(self, step: int) -> None:
         """After optimizer.step(), before zero_grad(): undo what the optimizer did to pruned
         weights; gradients are still there for scores that read them."""
+
+    def reshape(self, optimizer: torch.optim.Optimizer) -> bool:
+        """After zero_grad(): a method that cuts pruned groups out of its module (HomoDistil)
+        does it here, in place, and cuts `optimizer`'s state with the parameters (the same
+        Parameter objects, so the optimizer trains on). True when shapes changed; none by
+        default. A method must not reshape a module that a DDP wrapper holds."""
+        return False
 
     def state_dict(self) -> dict[str, Tensor]:
         """Everything needed to resume beyond the module and optimizer, tensors only
