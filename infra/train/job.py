@@ -72,8 +72,9 @@ def build_job(args: JobArgs, world: int) -> tuple[pa.Table, PruningMethod, int, 
                             f"fewer than one batch of {args.batch_size} x {world} workers")
     total = loop.total_steps(args.epochs, per_epoch)
     if ref is None:
-        student = pretrained.load_encoder(args.pretrained, init=args.init, seed=args.seed)
-        teacher = pretrained.load_encoder(args.pretrained, init=args.init, seed=args.seed)
+        # With the masked-LM head where the checkpoint has one (HomoDistil's prediction loss).
+        student = pretrained.load_encoder(args.pretrained, init=args.init, seed=args.seed, mlm_head=True)
+        teacher = pretrained.load_encoder(args.pretrained, init=args.init, seed=args.seed, mlm_head=True)
         method = build_distiller(args.method, student, teacher=teacher, total_steps=total,
                                  final_sparsity=args.sparsity, options=args.options)
         return table, method, per_epoch, args.pretrained

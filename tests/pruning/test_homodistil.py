@@ -1,23 +1,32 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
+    BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
 )
 
+from infra.models import pretrained
+from infra.train import checkpoints, loop
+from pruning import losses
 from pruning.accounting import count_params
 from pruning.compact import CompactBertForSequenceClassification, CompactBertModel, Widths, count_params_for
-from pruning.methods import METHOD_SPECS, PruningMethod, build_method
+from pruning.methods import METHOD_SPECS, PruningMethod, build_distiller, build_method
 from pruning.methods.base import task_loss
 from pruning.methods.homodistil import CompactFinetune, HomotopicDistiller
+from pruning.methods.homodistil.prediction import mask_tokens
 from tests.tiny import VOCAB, tiny_bert_config, train_step
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # No dropout: the distiller's runs must be reproducible step for step.
 CONFIG = tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -98,8 +107,9 @@ def test_distiller_reaches_target_widths_and_exports_within_budget(unit, score):
 
 
 def test_exported_model_computes_what_the_masked_student_computes():
-    method = _distiller(*_encoders())
+    method = _distiller(*_encoders(), slice_in_run=False)
     _run(method, _optimizer(method), range(TOTAL_STEPS))
+    assert method.present is None and method.student.config.hidden_size == CONFIG.hidden_size
     compact = method.export().eval()
     method.student.eval()
     with torch.no_grad():
@@ -111,21 +121,23 @@ def test_exported_model_computes_what_the_masked_student_computes():
     torch.testing.assert_close(sliced.pooler_output, masked.pooler_output[..., kept], atol=1e-5, rtol=1e-5)
 
 
-def test_resuming_from_state_dict_continues_identically():
-    method = _distiller(*_encoders(), score="platon")
+@pytest.mark.parametrize("slice_in_run", [True, False])
+def test_resuming_from_state_dict_continues_identically(slice_in_run):
+    method = _distiller(*_encoders(), score="platon", slice_in_run=slice_in_run)
     optimizer = _optimizer(method)
     _run(method, optimizer, range(4))
-    saved = (copy.deepcopy(method.state_dict()), copy.deepcopy(method.student.state_dict()),
+    saved = (copy.deepcopy(method.state_dict()), copy.deepcopy(method.module.state_dict()),
              copy.deepcopy(optimizer.state_dict()))
     assert all(isinstance(v, torch.Tensor) for v in saved[0].values())
     _run(method, optimizer, range(4, TOTAL_STEPS))
 
-    student, teacher = _encoders()
-    student.load_state_dict(saved[1])
-    resumed = _distiller(student, teacher, score="platon")
-    resumed.load_state_dict(saved[0])
-    assert resumed.step == 3 and resumed.mask_checksum() != _distiller(*_encoders()).mask_checksum()
+    # The checkpoint's order (infra.train.checkpoints.load): optimizer built, method state,
+    # weights (a cut student is cut again first, so they fit), optimizer state.
+    resumed = _distiller(*_encoders(), score="platon", slice_in_run=slice_in_run)
     resumed_optimizer = _optimizer(resumed)
+    resumed.load_state_dict(saved[0])
+    resumed.module.load_state_dict(saved[1])
+    assert resumed.step == 3 and resumed.mask_checksum() != _distiller(*_encoders()).mask_checksum()
     resumed_optimizer.load_state_dict(saved[2])
     _run(resumed, resumed_optimizer, range(4, TOTAL_STEPS))
     assert resumed.mask_checksum() == method.mask_checksum()
@@ -219,7 +231,8 @@ def test_distiller_slices_a_roberta_encoder_into_an_equal_compact_model(tiny_rob
     student, teacher = _roberta_encoders(tiny_roberta, kind)
     full_params = count_params(student)
     method = _distiller(student, teacher, path=path)
-    _, logs = method.loss(method.module, _roberta_batch(0))
+    with torch.no_grad():  # no graph left behind: the run cuts these parameters
+        _, logs = method.loss(method.module, _roberta_batch(0))
     if path != "from_scratch":  # the student starts as its teacher
         assert logs["hidden_loss"] < 1e-10 and logs["attention_loss"] < 1e-6
     widths = _run(method, _optimizer(method), range(TOTAL_STEPS), batch=_roberta_batch)
@@ -228,10 +241,10 @@ def test_distiller_slices_a_roberta_encoder_into_an_equal_compact_model(tiny_rob
     assert isinstance(compact, CompactBertModel) and compact.config.layout == "roberta"
     assert count_params(compact) == count_params_for(student.config, method.target)
     assert count_params(compact) <= KEEP * full_params
-    method.student.eval()
+    method.student.eval()  # cut in the run: its remaining hidden dims are all kept
     with torch.no_grad():
         masked, sliced = method.student(**_roberta_batch(50)), compact(**_roberta_batch(50))
-    kept = method.masks.hidden
+    kept = method.masks.group_vectors(method.present)["hidden"]
     torch.testing.assert_close(sliced.last_hidden_state, masked.last_hidden_state[..., kept],
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sliced.pooler_output, masked.pooler_output[..., kept],
@@ -266,3 +279,167 @@ def test_compact_finetune_trains_the_exported_xlm_roberta_classifier(tiny_robert
         optimizer.step()
         finetune.on_step_end(step)
         optimizer.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------- the prediction term (issue 14 A)
+
+
+def test_prediction_of_a_headless_encoder_is_the_pooled_cosine_not_a_softmax_over_features():
+    """The old term, KL of softmaxes over the 32 features of the mean-pooled state, is gone."""
+    method = _distiller(*_encoders())
+    assert method.prediction.kind == "pooled_cosine"
+    with torch.no_grad():  # turn the student away from its teacher
+        method.student.encoder.layer[1].output.dense.weight.mul_(3.0)
+        _, logs = method.loss(method.module, _batch(0))
+        out = method.module(**_batch(0))
+        teacher = method.teacher(**_batch(0)).last_hidden_state
+    mask = _batch(0)["attention_mask"]
+    pool = lambda h: (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # noqa: E731
+    cosine = 1 - torch.nn.functional.cosine_similarity(pool(out["hidden_states"][-1]), pool(teacher)).mean()
+    assert logs["prediction_loss"] == pytest.approx(float(cosine), rel=1e-5) and cosine > 1e-4
+    old = losses.kl_logits(pool(out["hidden_states"][-1]), pool(teacher))
+    assert logs["prediction_loss"] != pytest.approx(float(old), rel=1e-2)
+    none = _distiller(*_encoders(), prediction="none")
+    with torch.no_grad():
+        _, logs = none.loss(none.module, _batch(0))
+    assert logs["prediction_loss"] == 0.0
+    with pytest.raises(ValueError, match="masked-LM head"):
+        _distiller(*_encoders(), prediction="mlm")
+
+
+def _mlm_checkpoint(folder: Path) -> Path:
+    """A tiny BertForMaskedLM saved as a checkpoint would be (weights with cls.predictions.*),
+    with the fixture tokenizer, whose vocabulary it takes."""
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(**CONFIG.to_dict() | {"vocab_size": 52}))
+    model.save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(ROOT / "tests/fixtures/tiny-bert" / name, folder / name)
+    return folder
+
+
+def test_a_checkpoint_with_an_mlm_head_distils_the_mlm_predictions(tmp_path):
+    folder = str(_mlm_checkpoint(tmp_path / "mlm"))
+    assert pretrained.has_mlm_head(folder)
+    student, teacher = (pretrained.load_encoder(folder, seed=3, mlm_head=True) for _ in range(2))
+    assert isinstance(student, BertForMaskedLM) and student.config.mask_token_id is not None
+    method = build_distiller("homodistil", student, teacher=teacher, total_steps=TOTAL_STEPS,
+                             final_sparsity=1 - KEEP, options={"update_every": 2})
+    assert method.prediction.kind == "mlm" and isinstance(method.module.cls, torch.nn.Module)
+    batch = {k: v % 52 for k, v in _batch(0).items()}
+    with torch.no_grad():
+        _, logs = method.loss(method.module, batch)
+    # The student is its teacher's copy: their MLM predictions agree; the MLM loss is a real one.
+    assert logs["prediction_loss"] < 1e-6 and logs["mlm_loss"] > 1.0
+    ids, chosen = method.prediction.mask(batch["input_ids"], batch["attention_mask"], step=0)
+    again = build_distiller("homodistil", pretrained.load_encoder(folder, seed=3, mlm_head=True),
+                            teacher=teacher, total_steps=TOTAL_STEPS, final_sparsity=1 - KEEP)
+    assert torch.equal(again.prediction.mask(batch["input_ids"], batch["attention_mask"], step=0)[1], chosen)
+    other = build_distiller("homodistil", pretrained.load_encoder(folder, seed=4, mlm_head=True),
+                            teacher=teacher, total_steps=TOTAL_STEPS, final_sparsity=1 - KEEP)
+    masks = [other.prediction.mask(batch["input_ids"], batch["attention_mask"], step=s)[1] for s in range(4)]
+    assert any(not torch.equal(m, chosen) for m in masks)  # the seed (and the step) pick the tokens
+    widths = _run(method, _optimizer(method), range(TOTAL_STEPS), batch=lambda s: {
+        k: v % 52 for k, v in _batch(s).items()})
+    assert widths[-1] == method.target
+    assert method.module.cls.predictions.transform.dense.weight.shape == (method.target.hidden,) * 2
+    assert method.module.cls.predictions.decoder.weight is method.student.embeddings.word_embeddings.weight
+    compact = method.export()  # the encoder only: the head stays behind
+    assert isinstance(compact, CompactBertModel) and count_params(compact) == count_params_for(
+        compact.config, method.target, pooler=False)
+    plain = pretrained.load_encoder(folder, seed=3)  # without asking for it, the bare encoder
+    assert isinstance(plain, BertModel)
+
+
+def test_masking_spares_the_first_and_last_real_token_and_takes_about_15_percent():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (64, 32), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::2, 20:] = 0  # padded rows: their last real token is at 19
+    masked, chosen = mask_tokens(ids, mask, torch.Generator().manual_seed(1), probability=0.15,
+                                 mask_token_id=3, vocab_size=VOCAB)
+    assert not chosen[:, 0].any() and not chosen[::2, 19].any() and not chosen[1::2, 31].any()
+    assert not (chosen & (mask == 0)).any()
+    assert 0.12 < float(chosen.sum()) / float(mask.sum() - 2 * 64) < 0.18
+    assert torch.equal(masked[~chosen], ids[~chosen])
+    share = float((masked[chosen] == 3).float().mean())
+    assert 0.7 < share < 0.9  # 80% [MASK], the rest random or kept
+
+
+# ---------------------------------------------------------------- slicing in the run (issue 14 B)
+
+
+@pytest.mark.parametrize("options", [{}, {"attention_unit": "inner", "score": "platon"},
+                                     {"path": "prune_first"}, {"shrink_hidden": True, "widths": {
+                                         "hidden": 12, "heads": [0, 1], "ffn": [5, 0]}}])
+def test_a_student_cut_in_the_run_is_the_masked_runs_student(options):
+    """Same seed, same steps: cut at every width update (AdamW's state with it) or masked
+    throughout and cut at export, the students agree."""
+    options = {k: v for k, v in options.items() if k != "shrink_hidden"}
+    runs = {}
+    for cut in (True, False):
+        method = _distiller(*_encoders(), slice_in_run=cut, **options)
+        widths = _run(method, _optimizer(method), range(TOTAL_STEPS))
+        runs[cut] = method, widths
+    (sliced, widths), (masked, masked_widths) = runs[True], runs[False]
+    assert widths == masked_widths and sliced.mask_checksum() == masked.mask_checksum()
+    assert sliced.student.config.hidden_size == sliced.target.hidden  # physically cut in the run
+    assert count_params(sliced.student) == count_params(sliced.export())
+    assert masked.student.config.hidden_size == CONFIG.hidden_size
+    a, b = sliced.export().eval(), masked.export().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(a(**_batch(50)).last_hidden_state, b(**_batch(50)).last_hidden_state,
+                                   atol=2e-5, rtol=1e-5)
+
+
+def test_a_wrapped_module_is_not_cut():
+    """Under a wrapper (DDP) the module keeps its shapes: the student stays masked."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **inputs):
+            return self.inner(**inputs)
+
+    method = _distiller(*_encoders())
+    optimizer, wrapper = _optimizer(method), Wrapper(method.module)
+    for step in range(TOTAL_STEPS):
+        train_step(method, _batch(step), optimizer, step=step, model=wrapper)
+    assert method.present is None and method.masks.widths() == method.target
+    assert method.student.config.hidden_size == CONFIG.hidden_size
+
+
+def test_a_checkpoint_after_a_cut_resumes_to_the_same_student(tmp_path):
+    """infra.train.checkpoints mid-run, after cuts: a fresh job (full-width student, its
+    optimizer) loads it and ends where the uninterrupted run ends."""
+
+    def job() -> tuple[HomotopicDistiller, torch.optim.Optimizer, object]:
+        method = _distiller(*_encoders(), score="platon")
+        optimizer = loop.make_optimizer(method.module, learning_rate=1e-3, weight_decay=0.01)
+        return method, optimizer, loop.make_scheduler(optimizer, total_steps=TOTAL_STEPS, warmup_fraction=0.2)
+
+    def fit(parts, start: int, stop: int) -> None:
+        method, optimizer, scheduler = parts
+        loop.fit(method, method.module, (_batch(s) for s in range(start, stop)), steps=stop,
+                 optimizer=optimizer, scheduler=scheduler, max_grad_norm=1.0, start=start)
+
+    whole = job()
+    fit(whole, 0, 5)
+    assert whole[0].present is not None  # cut before the checkpoint
+    method, optimizer, scheduler = whole
+    checkpoints.save(tmp_path, module=method.module, method_state=method.state_dict(), optimizer=optimizer,
+                     scheduler=scheduler, where=checkpoints.position(5, TOTAL_STEPS, 1))
+    fit(whole, 5, TOTAL_STEPS)
+
+    resumed = job()
+    where = checkpoints.load(tmp_path, module=resumed[0].module, method=resumed[0], optimizer=resumed[1],
+                             scheduler=resumed[2], batches_per_epoch=TOTAL_STEPS, world_size=1)
+    assert where.step == 5
+    fit(resumed, 5, TOTAL_STEPS)
+    assert resumed[0].mask_checksum() == whole[0].mask_checksum()
+    a, b = resumed[0].export().eval(), whole[0].export().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(a(**_batch(50)).last_hidden_state, b(**_batch(50)).last_hidden_state,
+                                   atol=1e-6, rtol=1e-6)

@@ -5,7 +5,8 @@ Stage a, `HomotopicDistiller` (distillation.py, task-agnostic): the student star
 an exact copy of the pre-trained teacher encoder and is distilled on unlabelled text
 while its hidden dimensions, attention heads (or inner dimensions) and FFN neurons
 are pruned a little at a time, by EMA-smoothed sensitivity, until the target widths;
-`export()` slices it into a pruning.compact.CompactBertModel.
+`export()` slices it into a pruning.compact.CompactBertModel. The student and its
+projections (and masked-LM head) are in student.py, the prediction term in prediction.py.
 
 Stage b, `CompactFinetune` (finetuning.py): the compact model with a classifier is
 fine-tuned on the task, distilling the fine-tuned teacher's logits.
@@ -14,21 +15,23 @@ fine-tuned on the task, distilling the fine-tuned teacher's logits.
 from pruning.methods.homodistil.distillation import (
     PATHS,
     SCORES,
-    DistillationModule,
     DistilPath,
     HomotopicDistiller,
     Score,
-    reinitialise,
 )
 from pruning.methods.homodistil.finetuning import CompactFinetune
+from pruning.methods.homodistil.prediction import PREDICTIONS, Prediction
+from pruning.methods.homodistil.student import DistillationModule, reinitialise
 
 __all__ = [
     "PATHS",
+    "PREDICTIONS",
     "SCORES",
     "CompactFinetune",
     "DistilPath",
     "DistillationModule",
     "HomotopicDistiller",
+    "Prediction",
     "Score",
     "reinitialise",
 ]
