@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -223,17 +222,3 @@ def latest_grid_url(uri: str) -> str:
     runs = mlflow.search_runs(ids, f"tags.{ROLE_TAG} = '{GRID_ROLE}'",
                               order_by=["attributes.start_time DESC"], max_results=1) if ids else []
     return runs_url(uri, runs[0].info.experiment_id, runs[0].info.run_id) if runs else uri
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m infra.track.tracking URI`: print the UI page of the newest grid run (make demo)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m infra.track.tracking TRACKING_URI", file=sys.stderr)
-        return 2
-    print(latest_grid_url(args[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
