@@ -204,7 +204,7 @@ def register_and_promote(task: str, records: list[EvalRecord], teacher: EvalReco
                                              m["encoder_sparsity"], m[metric]))
     chosen = registry.choose(candidates, teacher_metric, spec.gate.max_drop)
     managed = [registry.CHAMPION, *(registry.budget_alias(b) for b in budgets if b > 0)]
-    aliases = registry.promote(ctx.tracking_uri, name, chosen, managed)
+    aliases = registry.promote(ctx.tracking_uri, name, chosen, managed, scope=ctx.experiment)
     return Promotion(name, tuple(versions), tuple(sorted(aliases.items())))
 
 

@@ -6,11 +6,19 @@ Aliases: `champion` is the passing model at the highest sparsity (best dev metri
 among equals); `champion-sNN` is the best passing model of each sparsity budget.
 A model below the gate is never promoted. The teacher (sparsity 0) is a candidate, so
 a grid whose pruned models all fail still has a champion: the dense model.
+
+Several experiments may register into one model (a name without {experiment}). Each grid
+records its own choice on the registered model (a tag per experiment, replaced when the
+experiment runs again); the aliases go to the best of all experiments' choices, so a second
+experiment takes an alias only by beating the holder, and never deletes one it did not earn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
@@ -18,6 +26,7 @@ from infra.models import pretrained
 from infra.track.tracking import ModelRef, client
 
 CHAMPION = "champion"
+CHOICE_TAG = "prunegrid.choice."  # + experiment: that experiment's last choice, alias -> Candidate
 
 
 @dataclass(frozen=True)
@@ -81,17 +90,38 @@ def _source(mlflow, ref: ModelRef) -> str:
     return f"{run.info.artifact_uri.rstrip('/')}/{ref.artifact_path}"
 
 
-def promote(uri: str, name: str, chosen: dict[str, Candidate], managed: list[str]) -> dict[str, str]:
-    """Point each alias at its chosen version; drop managed aliases nobody earned. Idempotent."""
+def merge(choices: Iterable[dict[str, Candidate]]) -> dict[str, Candidate]:
+    """Alias -> candidate across several grids' choices (each passed its own grid's gate):
+    `choose`'s ranking over every version some grid chose. Pure and deterministic."""
+    union = {c.version: c for chosen in choices for c in chosen.values()}
+    return choose(list(union.values()), teacher_metric=-math.inf, max_drop=0.0)
+
+
+def promote(uri: str, name: str, chosen: dict[str, Candidate], managed: list[str], *,
+            scope: str) -> dict[str, str]:
+    """Record `chosen` as experiment `scope`'s choice, then point each alias at the best of
+    every experiment's choice (`merge`); drop aliases nobody earned. Idempotent.
+
+    `managed`: the aliases this grid decides (champion and its budgets); any other
+    `champion-sNN` alias another experiment's choice no longer holds goes too.
+    """
     mlflow = client(uri)
-    current = dict(mlflow.get_registered_model(name).aliases)
-    for alias, candidate in chosen.items():
-        if current.get(alias) != candidate.version:
+    model = mlflow.get_registered_model(name)
+    mine = json.dumps({alias: asdict(c) for alias, c in sorted(chosen.items())}, sort_keys=True)
+    if model.tags.get(CHOICE_TAG + scope) != mine:
+        mlflow.set_registered_model_tag(name, CHOICE_TAG + scope, mine)
+    others = [{alias: Candidate(**c) for alias, c in json.loads(text).items()}
+              for key, text in model.tags.items() if key.startswith(CHOICE_TAG) and key != CHOICE_TAG + scope]
+    wanted = merge([chosen, *others])
+    current = dict(model.aliases)
+    for alias, candidate in wanted.items():
+        if str(current.get(alias)) != candidate.version:
             mlflow.set_registered_model_alias(name, alias, candidate.version)
-    for alias in managed:
-        if alias not in chosen and alias in current:
+    ours = {*managed, *(a for a in current if a == CHAMPION or a.startswith(f"{CHAMPION}-s"))}
+    for alias in ours - set(wanted):
+        if alias in current:
             mlflow.delete_registered_model_alias(name, alias)
-    return {alias: c.version for alias, c in chosen.items()}
+    return {alias: c.version for alias, c in wanted.items()}
 
 
 def download(uri: str, name: str, alias: str, dst: Path) -> Path:

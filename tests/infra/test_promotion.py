@@ -48,3 +48,15 @@ def test_cross_lingual_tasks_are_gated_on_the_language_average_unless_told_other
     assert pawsx.gate_metric(GateSpec(languages="source")) == "dev_accuracy"
     assert pawsx.gate_metric(GateSpec(metric="avg_score")) == "dev_avg_score"
     assert english.gate_metric(GateSpec()) == "dev_accuracy"
+
+
+def test_experiments_sharing_a_model_get_the_best_of_their_choices() -> None:
+    from infra.track.registry import merge
+
+    first = choose([TEACHER, cand("2", 0.5, 0.80), cand("3", 0.9, 0.80)], 0.80, 0.01)
+    second = choose([cand("4", 0.0, 0.80), cand("5", 0.5, 0.795), cand("6", 0.9, 0.5)], 0.80, 0.01)
+    merged = merge([second, first])
+    assert {a: c.version for a, c in merged.items()} == {
+        CHAMPION: "3", budget_alias(0.5): "2", budget_alias(0.9): "3"}
+    assert merge([first, second]) == merged  # order-free
+    assert merge([second]) == second  # one experiment alone: its own choice

@@ -104,7 +104,7 @@ def test_promoting_twice_changes_nothing(grid_run) -> None:
     candidates = [_candidate(v.version, v.tags) for v in versions]
     teacher = next(float(v.tags[METRIC]) for v in versions if v.tags["method"] == "dense")
     chosen = registry.choose(candidates, teacher, GATE.max_drop)
-    registry.promote(grid_run["uri"], MODEL, chosen, list(before))
+    registry.promote(grid_run["uri"], MODEL, chosen, list(before), scope=CONFIG.name)
     assert dict(mlflow.get_registered_model(MODEL).aliases) == before
     assert len(mlflow.search_model_versions(f"name = '{MODEL}'")) == len(versions)
 
