@@ -123,11 +123,12 @@ def _stats(prefix: str, values: list[float]) -> dict[str, float]:
 
 
 def _value(record: EvalRecord, name: str) -> float:
-    return dict(record.metrics).get(name, math.nan)  # NaN: an older record without this metric
+    return dict(record.metrics).get(name, math.nan)  # NaN: not measured for this model
 
 
-def _row(task: str, key: Key, members: list[EvalRecord], gate_metric: str, costs: dict[str, tuple[str, float]],
-         varying: set[str], aliases_of: Mapping[str, list[str]]) -> dict[str, object]:
+def _row(task: str, key: Key, members: list[EvalRecord], gate_metric: str,
+         costs: dict[str, tuple[str, float]], varying: set[str],
+         aliases_of: Mapping[str, list[str]]) -> dict[str, object]:
     method, options, budget = key
     row: dict[str, object] = {
         "task": task, "method": method, "options": options, "target": budget,
@@ -208,7 +209,8 @@ def _cells(row: pd.Series, latency: list[str]) -> dict[str, str]:
     ci = "" if math.isnan(row["ci_low"]) else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
     out = {"task": row["task"], "method": row["method"], "options": row["options"],
            "target": f"{row['target']:.2f}", "seeds": str(row["seeds"]), "metric": row["metric"],
-           "dev": _spread(row["dev_mean"], row["dev_std"]), "test": _spread(row["test_mean"], row["test_std"]),
+           "dev": _spread(row["dev_mean"], row["dev_std"]),
+           "test": _spread(row["test_mean"], row["test_std"]),
            "delta": "" if math.isnan(row["delta_test"]) else f"{row['delta_test']:+.3f}", "ci": ci,
            "verdict": row["verdict"], "nonzero_params_m": _number(row["nonzero_params_m_mean"])}
     out |= {c: _number(row.get(f"{c}_mean", math.nan)) for c in latency}

@@ -108,9 +108,10 @@ def _draw_panel(ax: Axes, panel: Panel, metric: str, colors: dict[str, str]) -> 
     for series, color in colors.items():
         pts = sorted((p for p in panel.points if p.series == series), key=lambda p: p.cost)
         if pts:
-            ax.errorbar([p.cost for p in pts], [p.metric for p in pts], xerr=_spread([p.cost_std for p in pts]),
-                        yerr=_spread([p.metric_std for p in pts]), fmt="s" if series == TEACHER else "o-",
-                        color=color, capsize=3, label=series, alpha=0.9)
+            ax.errorbar([p.cost for p in pts], [p.metric for p in pts],
+                        xerr=_spread([p.cost_std for p in pts]), yerr=_spread([p.metric_std for p in pts]),
+                        fmt="s" if series == TEACHER else "o-", color=color, capsize=3, label=series,
+                        alpha=0.9)
     if panel.front:
         ax.plot([p.cost for p in panel.front], [p.metric for p in panel.front], ls=":", color="black",
                 marker="o", mfc="none", ms=12, lw=1.2, label="Pareto front")

@@ -35,9 +35,11 @@ def test_one_row_per_method_options_and_budget_teacher_first(frame) -> None:
 def test_seed_statistics_are_mean_std_and_count(frame) -> None:
     gmp = row(frame, "gmp", 0.5)
     assert gmp["seeds"] == 2 and gmp["metric"] == "accuracy"
-    assert gmp["dev_mean"] == pytest.approx(0.89) and gmp["dev_std"] == pytest.approx(np.std([0.90, 0.88], ddof=1))
+    assert gmp["dev_mean"] == pytest.approx(0.89)
+    assert gmp["dev_std"] == pytest.approx(np.std([0.90, 0.88], ddof=1))
     assert gmp["test_mean"] == pytest.approx(1 - 25 / 200)
-    assert gmp["latency_ms_b32_mean"] == pytest.approx(91.0) and gmp["nonzero_params_m_mean"] == pytest.approx(13.0)
+    assert gmp["latency_ms_b32_mean"] == pytest.approx(91.0)
+    assert gmp["nonzero_params_m_mean"] == pytest.approx(13.0)
     teacher = row(frame, "teacher", 0.0)
     assert teacher["seeds"] == 1 and math.isnan(teacher["dev_std"])
 
@@ -54,7 +56,8 @@ def test_each_row_is_compared_with_gmp_of_its_budget_on_the_same_examples(frame)
     assert sdp["baseline"] == "gmp (update_every=4)"
     close = row(frame, "sdp", 0.5)  # 22/24 vs 24/26 mistakes: within noise
     assert close["ci_low"] < 0 < close["ci_high"] and close["verdict"] == "inconclusive"
-    assert row(frame, "gmp", 0.5)["verdict"] == "baseline" and math.isnan(row(frame, "gmp", 0.5)["delta_test"])
+    baseline = row(frame, "gmp", 0.5)
+    assert baseline["verdict"] == "baseline" and math.isnan(baseline["delta_test"])
     assert row(frame, "teacher", 0.0)["verdict"] == ""
 
 
@@ -73,8 +76,9 @@ def test_a_grid_without_gmp_has_no_comparison() -> None:
 
 def test_markdown_shows_mean_sd_interval_and_verdict(frame) -> None:
     lines = summary.seed_markdown(frame).splitlines()
-    assert lines[0] == ("| task | method | options | target | seeds | metric | dev (mean ± sd) | test (mean ± sd) "
-                        "| Δ test vs gmp | 95% CI | verdict | non-zero params (M) | CPU ms b32 | zipped (MB) | aliases |")
+    assert lines[0] == ("| task | method | options | target | seeds | metric | dev (mean ± sd) "
+                        "| test (mean ± sd) | Δ test vs gmp | 95% CI | verdict | non-zero params (M) "
+                        "| CPU ms b32 | zipped (MB) | aliases |")
     sdp90 = next(line for line in lines if line.startswith("| rt | sdp |  | 0.90 |"))
     assert "| 2 | accuracy | 0.900 ± 0.000 | 0.850 ± 0.000 | +0.055 | [+" in sdp90 and "| better |" in sdp90
     assert lines[2].startswith("| rt | teacher |  | 0.00 | 1 | accuracy | 0.910 | 0.920 |")
