@@ -132,6 +132,10 @@ class TrainSpec(Frozen):
     max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
     checkpoint_every: PositiveInt = 50  # optimizer steps between checkpoints
     log_every: PositiveInt = 10
+    # Examples of similar length share batches (infra.data.order), so batches pad less; every
+    # batch is still drawn at random within its length range. Left out of dumps at its default,
+    # so the job ids of configs written before this key existed do not change.
+    length_buckets: bool = Field(default=True, exclude_if=lambda v: v is True)
 
 
 class PruneSpec(TrainSpec):
@@ -206,6 +210,15 @@ class ComputeSpec(Frozen):
     cpus_per_worker: PositiveInt = 1
     use_gpu: bool = False
     max_failures: Annotated[int, Field(ge=0)] = 1
+    # A frozen teacher's per-example outputs (SDP's frozen copy, SparseBERT's teacher) are
+    # computed once per teacher and train split and stored under <home>/teacher_outputs/, up
+    # to this many MiB (the first examples that fit; the rest run the teacher live); 0: the
+    # teacher runs every step. Hidden states and attention scores are stored as
+    # `teacher_cache_dtype`, logits and representations as float32. Neither changes a job's
+    # result beyond float rounding: left out of dumps at their defaults (config hashes stay).
+    teacher_cache_mb: Annotated[int, Field(ge=0)] = Field(default=4096, exclude_if=lambda v: v == 4096)
+    teacher_cache_dtype: Literal["float32", "float16"] = Field(default="float16",
+                                                               exclude_if=lambda v: v == "float16")
 
 
 class EvalSpec(Frozen):

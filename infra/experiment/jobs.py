@@ -79,7 +79,9 @@ def job_args(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | 
         lr_schedule=t.lr_schedule, min_lr_fraction=t.min_lr_fraction,
         max_grad_norm=t.max_grad_norm, checkpoint_every=t.checkpoint_every, log_every=t.log_every,
         mlflow_run_id=run_id, tracking_uri=ctx.tracking_uri,
-        threads_per_worker=job.compute.cpus_per_worker,
+        threads_per_worker=job.compute.cpus_per_worker, length_buckets=t.length_buckets,
+        teacher_cache_dir=str(paths.teacher_outputs_dir(ctx.home)),
+        teacher_cache_mb=job.compute.teacher_cache_mb, teacher_cache_dtype=job.compute.teacher_cache_dtype,
     )
 
 

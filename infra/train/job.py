@@ -4,13 +4,14 @@ from them (the train table and the method around its student). No Ray here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
 from infra import data
 from infra.data import corpus
 from infra.models import pretrained
-from infra.train import loop
+from infra.train import loop, teacher_cache
 from pruning.methods import METHOD_SPECS, PruningMethod, build_distiller, build_method
 
 
@@ -47,6 +48,13 @@ class JobArgs:
     student_dir: str | None = None  # the distilled student a "distilled" method starts from
     threads_per_worker: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The config's TrainSpec.length_buckets (tasks/ pass it); False keeps a direct caller's batches.
+    length_buckets: bool = False
+    # Where frozen-teacher outputs are cached, the cap and storage type (ComputeSpec); None:
+    # the teacher runs every step.
+    teacher_cache_dir: str | None = None
+    teacher_cache_mb: int = 0
+    teacher_cache_dtype: str = "float16"
 
 
 def _student_source(args: JobArgs) -> tuple[str, str]:
@@ -85,3 +93,21 @@ def build_job(args: JobArgs, world: int) -> tuple[pa.Table, PruningMethod, int, 
     method = build_method(args.method, student, teacher=teacher, total_steps=total,
                           final_sparsity=args.sparsity, options=args.options)
     return table, method, per_epoch, source
+
+
+def cache_teacher_outputs(args: JobArgs, method: PruningMethod, table: pa.Table, log=print
+                          ) -> teacher_cache.TeacherCache | None:
+    """The cache of `method`'s frozen-teacher outputs on the job's train split, built when
+    missing (infra.train.teacher_cache); None when caching is off or the method reads none."""
+    if (args.teacher_cache_dir is None or args.teacher_cache_mb <= 0 or args.teacher_dir is None
+            or args.stage != "task" or method.teacher_outputs_spec() is None):
+        return None
+    return teacher_cache.ensure(
+        method, table, root=Path(args.teacher_cache_dir), data_hash=data.load_ref(args.data_path).content_hash,
+        teacher=pretrained.fingerprint(args.teacher_dir), pad_token_id=pad_token_id(method),
+        cap_bytes=args.teacher_cache_mb * teacher_cache.MEBIBYTE, dtype=args.teacher_cache_dtype, log=log)
+
+
+def pad_token_id(method: PruningMethod) -> int:
+    """The padding id of the student's vocabulary (0 where its config names none)."""
+    return getattr(method.student.config, "pad_token_id", 0) or 0

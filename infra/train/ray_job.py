@@ -30,7 +30,8 @@ from infra import data
 from infra.models import pretrained
 from infra.track import tracking
 from infra.train import checkpoints, loop
-from infra.train.job import JobArgs, TrainingError, build_job
+from infra.train.job import JobArgs, TrainingError, build_job, cache_teacher_outputs
+from infra.train.teacher_cache import TeacherCache
 from pruning.methods import PruningMethod
 
 
@@ -120,11 +121,14 @@ def train_loop(config: dict) -> None:
     logger = tracking.StepLogger(args.tracking_uri, args.mlflow_run_id) if rank == 0 else None
     device = next(method.student.parameters()).device
     pad_id = getattr(method.student.config, "pad_token_id", 0) or 0
+    # Every rank decides alike (same arguments, same checkpoint), so the barrier inside matches.
+    cache = _teacher_outputs(args, method, train_table, rank, world) if first_step < total_steps else None
     started = time.perf_counter()
 
     def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         return data.batches(train_table, args.batch_size, shuffle=True, seed=args.seed, epoch=epoch,
-                            rank=rank, world_size=world, pad_token_id=pad_id, drop_last=True)
+                            rank=rank, world_size=world, pad_token_id=pad_id, drop_last=True,
+                            length_buckets=args.length_buckets, example_ids=cache is not None)
 
     def after_step(step: int, loss: torch.Tensor, logs: dict[str, float]) -> None:
         if logger and (step % args.log_every == 0 or step == total_steps):
@@ -137,12 +141,27 @@ def train_loop(config: dict) -> None:
 
     stream = ({k: v.to(device) for k, v in batch.items()}
               for batch in loop.stream_epochs(epoch_batches, start=first_step, batches_per_epoch=per_epoch))
+    if cache is not None:  # the frozen teacher's outputs read by example, not computed each step
+        stream = (cache.attach(batch, method) for batch in stream)
     done = loop.fit(method, model, stream, steps=total_steps, optimizer=optimizer, scheduler=scheduler,
                     max_grad_norm=args.max_grad_norm, start=first_step, on_step=after_step,
                     job=args.job_id)
     if done == first_step:
         # Restored from a finished run (a rerun of the same job): hand back its final model.
         _report(worker, done, float("nan"), final=True)
+
+
+def _teacher_outputs(args: JobArgs, method: PruningMethod, table, rank: int, world: int
+                     ) -> TeacherCache | None:
+    """Rank 0 builds (or finds) the job's frozen-teacher outputs first; the other ranks then
+    open the same folder (and build their own only where that folder is not shared)."""
+    def log(text: str) -> None:
+        print(f"[{args.job_id}] {text}", flush=True)
+
+    cache = cache_teacher_outputs(args, method, table, log) if rank == 0 else None
+    if world > 1:
+        torch.distributed.barrier()  # the process group Ray Train set up (gloo/nccl)
+    return cache if rank == 0 else cache_teacher_outputs(args, method, table, lambda _: None)
 
 
 def _report(worker: _Worker, step: int, loss: float, *, final: bool) -> None:

@@ -122,3 +122,10 @@ def test_resumed_stream_meets_the_same_batches(bucketed: bool) -> None:
     start = per_epoch + 7  # mid second epoch
     resumed = [rows([b]) for _, b in zip(range(per_epoch - 7), stream(start))]
     assert resumed == full[start:]
+
+
+def test_the_config_buckets_by_default_and_keeps_old_job_ids() -> None:
+    from infra.experiment.config import TrainSpec
+    assert TrainSpec().length_buckets is True
+    assert "length_buckets" not in TrainSpec().model_dump()  # ids of configs without the key stay
+    assert TrainSpec(length_buckets=False).model_dump()["length_buckets"] is False
