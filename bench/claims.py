@@ -98,8 +98,10 @@ def steps_of(table: pa.Table, spec: TrainSpec) -> int:
     return loop.total_steps(spec.epochs, data.num_batches(table, spec.batch_size, drop_last=True))
 
 
-def train_method(method: PruningMethod, table: pa.Table, spec: TrainSpec, *, seed: int) -> None:
-    """infra.train.loop.fit on one process: `method.module` trained for `steps_of(table, spec)`."""
+def train_method(method: PruningMethod, table: pa.Table, spec: TrainSpec, *, seed: int,
+                 precision: str = "fp32") -> None:
+    """infra.train.loop.fit on one process: `method.module` trained for `steps_of(table, spec)`
+    (`precision` as compute.precision; "bf16" falls back to fp32 where it is not native)."""
     per_epoch = data.num_batches(table, spec.batch_size, drop_last=True)
     total = steps_of(table, spec)
     optimizer = loop.make_optimizer(method.module, learning_rate=spec.learning_rate,
@@ -112,8 +114,9 @@ def train_method(method: PruningMethod, table: pa.Table, spec: TrainSpec, *, see
                                    pad_token_id=pad, drop_last=True),
         start=0, batches_per_epoch=per_epoch)
     torch.manual_seed(seed)  # dropout
+    precision = loop.resolve_precision(precision, next(method.module.parameters()).device)
     loop.fit(method, method.module, stream, steps=total, optimizer=optimizer, scheduler=scheduler,
-             max_grad_norm=spec.max_grad_norm)
+             max_grad_norm=spec.max_grad_norm, precision=precision)
 
 
 def evaluate(setup: Setup, model: nn.Module, name: str, keep: bool = False) -> dict[str, float]:

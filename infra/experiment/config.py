@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infra.data import benchmarks
-from infra.train.loop import LRSchedule
+from infra.train.loop import LRSchedule, Precision
 from pruning.methods import MethodName, method_options
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -210,6 +210,10 @@ class ComputeSpec(Frozen):
     cpus_per_worker: PositiveInt = 1
     use_gpu: bool = False
     max_failures: Annotated[int, Field(ge=0)] = 1
+    # "bf16": forward passes and losses under bf16 autocast (CPU and CUDA), weights, optimizer
+    # and checkpoints in fp32; a CPU without native bf16 trains in fp32 and says so once.
+    # Evaluation runs as before, in fp32.
+    precision: Precision = "fp32"
     # A frozen teacher's per-example outputs (SDP's frozen copy, SparseBERT's teacher) are
     # computed once per teacher and train split and stored under <home>/teacher_outputs/, up
     # to this many MiB (the first examples that fit; the rest run the teacher live); 0: the

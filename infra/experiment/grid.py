@@ -64,7 +64,9 @@ class JobSpec:
             "train": self.train.model_dump(mode="json"),
             "model": self.model.model_dump(mode="json"),
             "world_size": self.compute.num_workers,
-        } | ({"stage": self.stage} if self.stage != "task" else {})
+        } | ({"stage": self.stage} if self.stage != "task" else {}) | (
+            # bf16 changes the result; fp32, the precision every job trained in before, keeps the ids.
+            {"precision": self.compute.precision} if self.compute.precision != "fp32" else {})
 
 
 def job_hash(resolved: dict[str, object], length: int = 12) -> str:

@@ -76,7 +76,7 @@ def job_args(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | 
         stage=job.stage, student_dir=student.local_dir if student else None,
         epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
-        lr_schedule=t.lr_schedule, min_lr_fraction=t.min_lr_fraction,
+        lr_schedule=t.lr_schedule, min_lr_fraction=t.min_lr_fraction, precision=job.compute.precision,
         max_grad_norm=t.max_grad_norm, checkpoint_every=t.checkpoint_every, log_every=t.log_every,
         mlflow_run_id=run_id, tracking_uri=ctx.tracking_uri,
         threads_per_worker=job.compute.cpus_per_worker, length_buckets=t.length_buckets,

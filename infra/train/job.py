@@ -43,6 +43,7 @@ class JobArgs:
     mlflow_run_id: str | None = None
     lr_schedule: str = "linear"  # infra.train.loop.LR_SCHEDULES
     min_lr_fraction: float = 0.0
+    precision: str = "fp32"  # infra.train.loop.PRECISIONS, resolved against the worker's device
     tracking_uri: str | None = None
     stage: str = "task"  # "distil": a two-stage method's task-agnostic stage on a text corpus
     student_dir: str | None = None  # the distilled student a "distilled" method starts from

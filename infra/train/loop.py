@@ -4,7 +4,8 @@ The Ray Train worker (infra.train.ray_job) and the benchmarks (bench/) both trai
 here, so a recipe fix reaches both. A step, in this order:
 
     method.on_step_start(step)              # mask updates when the schedule says so
-    loss, logs = method.loss(model, batch)  # model: method.module, possibly DDP-wrapped
+    loss, logs = method.loss(model, batch)  # model: method.module, possibly DDP-wrapped; under
+                                            # bf16 autocast when precision is "bf16"
     (a NaN or infinite loss raises NonFiniteLossError, naming the job)
     loss.backward()
     method.mask_gradients()                 # what the step throws away counts in no norm, no moment
@@ -17,7 +18,10 @@ here, so a recipe fix reaches both. A step, in this order:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import platform
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Literal, get_args
@@ -34,6 +38,12 @@ StepHook = Callable[[int, Tensor, dict[str, float]], None]
 # After the warm-up: decay to the floor over the run (linear, half a cosine), or stay at the peak.
 LRSchedule = Literal["linear", "cosine", "constant"]
 LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
+# "bf16": forward and loss under torch.autocast(bfloat16); weights, gradients, optimizer state
+# and checkpoints stay float32.
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,17 +118,59 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup
                                        schedule=schedule, min_lr_fraction=min_lr_fraction))
 
 
+def _cpu_flag(name: str) -> bool:
+    check = getattr(torch.cpu, name, None)  # torch's own CPU probes; absent in some builds
+    return bool(check()) if callable(check) else False
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 natively: CUDA when torch says so; an x86 CPU with
+    AVX512-BF16 or AMX (without them oneDNN emulates bf16, no faster than fp32); another CPU
+    when oneDNN has bf16 kernels for it."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        return _cpu_flag("_is_avx512_bf16_supported") or _cpu_flag("_is_amx_tile_supported")
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision to train with on `device`: `precision`, or "fp32" (with one log line) when
+    bf16 was asked for and the device has no bf16 arithmetic."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and not bf16_supported(device):
+        log.warning("precision bf16: %s has no native bf16 arithmetic, training in fp32", device.type)
+        return "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """What the forward pass and the loss run under: bf16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def train_step(method: PruningMethod, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
-               scheduler: LRScheduler | None, *, step: int, max_grad_norm: float, job: str = ""
-               ) -> tuple[Tensor, dict[str, float]]:
+               scheduler: LRScheduler | None, *, step: int, max_grad_norm: float, job: str = "",
+               precision: str = "fp32") -> tuple[Tensor, dict[str, float]]:
     """One optimizer step `step` (0-based, steps done so far) of `method` on `batch`.
 
     `model` is `method.module` or its DDP wrapper (calling the wrapper keeps the gradient
-    sync); `scheduler` None keeps the rate fixed (step-time benchmarks). Returns the loss []
-    and the method's logs. Raises NonFiniteLossError, naming `job` when given.
+    sync); `scheduler` None keeps the rate fixed (step-time benchmarks); `precision` "bf16"
+    runs the forward pass and the loss under bf16 autocast (resolve it first: it is not
+    checked against the device here). Returns the loss [] and the method's logs. Raises
+    NonFiniteLossError, naming `job` when given.
     """
     method.on_step_start(step)
-    loss, logs = method.loss(model, batch)
+    with autocast(precision, next(method.module.parameters()).device):
+        loss, logs = method.loss(model, batch)
     if not torch.isfinite(loss):
         where = f"job {job}: " if job else ""
         raise NonFiniteLossError(f"{where}loss is {loss.item()} at step {step} (method {method.name}); "
@@ -154,16 +206,17 @@ def stream_epochs(epoch_batches: Callable[[int], Iterable[Batch]], *, start: int
 
 def fit(method: PruningMethod, model: nn.Module, batch_stream: Iterable[Batch], *, steps: int,
         optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, max_grad_norm: float,
-        start: int = 0, on_step: StepHook | None = None, job: str = "") -> int:
+        start: int = 0, on_step: StepHook | None = None, job: str = "", precision: str = "fp32") -> int:
     """Train from step `start` until `steps` steps are done (or the stream ends); returns the
-    steps done. `model` is `method.module` or its DDP wrapper; `on_step` runs after each step."""
+    steps done. `model` is `method.module` or its DDP wrapper; `on_step` runs after each step;
+    `precision` as train_step's (resolve_precision first)."""
     step = start
     if step >= steps:
         return step
     model.train()
     for batch in batch_stream:
         loss, logs = train_step(method, model, batch, optimizer, scheduler, step=step,
-                                max_grad_norm=max_grad_norm, job=job)
+                                max_grad_norm=max_grad_norm, job=job, precision=precision)
         step += 1
         if on_step is not None:
             on_step(step, loss, logs)

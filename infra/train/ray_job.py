@@ -120,6 +120,7 @@ def train_loop(config: dict) -> None:
     first_step = _resume(worker)
     logger = tracking.StepLogger(args.tracking_uri, args.mlflow_run_id) if rank == 0 else None
     device = next(method.student.parameters()).device
+    precision = loop.resolve_precision(args.precision, device)  # fp32 where bf16 is not native
     pad_id = getattr(method.student.config, "pad_token_id", 0) or 0
     # Every rank decides alike (same arguments, same checkpoint), so the barrier inside matches.
     cache = _teacher_outputs(args, method, train_table, rank, world) if first_step < total_steps else None
@@ -145,7 +146,7 @@ def train_loop(config: dict) -> None:
         stream = (cache.attach(batch, method) for batch in stream)
     done = loop.fit(method, model, stream, steps=total_steps, optimizer=optimizer, scheduler=scheduler,
                     max_grad_norm=args.max_grad_norm, start=first_step, on_step=after_step,
-                    job=args.job_id)
+                    job=args.job_id, precision=precision)
     if done == first_step:
         # Restored from a finished run (a rerun of the same job): hand back its final model.
         _report(worker, done, float("nan"), final=True)

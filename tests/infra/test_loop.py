@@ -256,6 +256,58 @@ def test_a_step_calls_the_hooks_in_the_workers_order() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_bf16_runs_the_forward_in_bf16_and_keeps_weights_and_moments_in_fp32() -> None:
+    seen: dict[str, torch.dtype] = {}
+
+    class Recording(TaskOnly):
+        def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+            out = model(**batch)
+            seen["logits"], seen["loss"] = out.logits.dtype, out.loss.dtype
+            return out.loss, {}
+
+    model = tiny_bert()
+    method = Recording(model)
+    optimizer, scheduler = make_training(method, constant=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    loop.train_step(method, model, batch_at(0), optimizer, scheduler, step=0, max_grad_norm=1.0,
+                    precision="bf16")
+    assert seen == {"logits": torch.bfloat16, "loss": torch.float32}  # cross-entropy stays fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in optimizer.state.values())
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    loop.train_step(method, model, batch_at(0), optimizer, scheduler, step=1, max_grad_norm=1.0)
+    assert seen["logits"] == torch.float32  # fp32, the default: no autocast
+
+
+def test_bf16_training_lowers_the_loss_like_fp32() -> None:
+    final = {}
+    for precision in loop.PRECISIONS:
+        model = tiny_bert()
+        method = TaskOnly(model)
+        optimizer, scheduler = make_training(method, lr=1e-3, constant=True)
+        losses: list[float] = []
+        loop.fit(method, model, (batch_at(0) for _ in range(30)), steps=30, optimizer=optimizer,
+                 scheduler=scheduler, max_grad_norm=1.0, precision=precision,
+                 on_step=lambda s, loss, logs: losses.append(loss.item()))
+        final[precision] = losses[-1]
+        assert losses[-1] < 0.5 * losses[0], precision
+    assert final["bf16"] == pytest.approx(final["fp32"], abs=0.1)
+
+
+def test_bf16_falls_back_to_fp32_with_one_line_where_it_is_not_native(monkeypatch, caplog) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: False)
+    with caplog.at_level("WARNING", logger=loop.__name__):
+        assert loop.resolve_precision("bf16", cpu) == "fp32"
+        assert loop.resolve_precision("fp32", cpu) == "fp32"
+    assert len(caplog.records) == 1 and "training in fp32" in caplog.records[0].getMessage()
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: True)
+    assert loop.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        loop.resolve_precision("fp16", cpu)
+    assert isinstance(loop.bf16_supported(cpu), bool)  # this CPU's answer, whichever it is
+
+
 def build(name: str, model: nn.Module) -> PruningMethod:
     return build_method(name, model, teacher=tiny_bert(1), total_steps=STEPS,
                         final_sparsity=0.0 if name == "dense" else 0.6,

@@ -11,7 +11,8 @@ import yaml
 from infra.data import DatasetRef
 from infra.experiment import jobs
 from infra.experiment.config import ConfigError, parse_config
-from infra.experiment.grid import expand_grid, teacher_job
+from infra.experiment.grid import JobSpec, expand_grid, teacher_job
+from infra.train.job import JobArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 SPARSEBERT = {"learning_rate": 3.0e-5, "lr_schedule": "constant", "warmup_fraction": 0.0}
@@ -21,6 +22,15 @@ def _demo(**top: object) -> dict:
     data = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
     data["grid"]["methods"] = ["gmp", "sparsebert"]
     return data | top
+
+
+def _worker_args(job: JobSpec) -> JobArgs:
+    """The arguments the flow hands each Ray worker of `job` (its paths made up)."""
+    dataset = DatasetRef(task="t", path="/data", content_hash="h", num_labels=2, label_values=(0, 1),
+                         sizes=())
+    ctx = jobs.GridContext(experiment="demo", tracking_uri="file:///x", experiment_id="1",
+                           parent_run_id="p", home="/home", pretrained="/model")
+    return jobs.job_args(job, dataset, None, ctx, run_id=None)
 
 
 def test_a_method_override_reaches_only_that_methods_jobs() -> None:
@@ -77,12 +87,25 @@ def test_the_teachers_recipe_and_id_are_unchanged_and_pruning_now_keeps_its_rate
 def test_the_jobs_worker_arguments_carry_the_recipe() -> None:
     cfg = parse_config(_demo(prune_overrides={"sparsebert": SPARSEBERT}))
     job = next(j for j in expand_grid(cfg, cfg.tasks[0]) if j.method == "sparsebert")
-    dataset = DatasetRef(task="t", path="/data", content_hash="h", num_labels=2, label_values=(0, 1),
-                         sizes=())
-    ctx = jobs.GridContext(experiment="demo", tracking_uri="file:///x", experiment_id="1",
-                           parent_run_id="p", home="/home", pretrained="/model")
-    args = jobs.job_args(job, dataset, None, ctx, run_id=None)
+    args = _worker_args(job)
     assert (args.learning_rate, args.lr_schedule, args.warmup_fraction, args.min_lr_fraction) == (
         3e-5, "constant", 0.0, 0.0)
-    teacher = jobs.job_args(teacher_job(cfg, cfg.tasks[0]), dataset, None, ctx, run_id=None)
+    teacher = _worker_args(teacher_job(cfg, cfg.tasks[0]))
     assert (teacher.learning_rate, teacher.lr_schedule) == (5e-5, "linear")
+
+
+def test_precision_is_a_compute_key_that_changes_every_id_only_when_bf16() -> None:
+    fp32 = parse_config(_demo())
+    assert fp32.compute.precision == "fp32"
+    data = _demo()
+    data["compute"]["precision"] = "bf16"
+    bf16 = parse_config(data)
+    task = fp32.tasks[0]
+    old = {teacher_job(fp32, task).job_id} | {j.job_id for j in expand_grid(fp32, task)}
+    new = {teacher_job(bf16, task).job_id} | {j.job_id for j in expand_grid(bf16, task)}
+    assert len(new) == len(old) and not old & new
+    data["compute"]["precision"] = "fp16"
+    with pytest.raises(ConfigError, match=r"compute\.precision"):
+        parse_config(data)
+    job = expand_grid(bf16, task)[0]
+    assert _worker_args(job).precision == "bf16"
