@@ -1,14 +1,13 @@
 """Measure the claims of issue 3 on the embedded default (configs/demo.yaml: MiniLM on
 rotten_tomatoes) and write bench/results/claims[-quick].json and .md.
 
-    python -m bench.claims --only steptime        # step-time ratios only (~3 min on 2 cores)
     python -m bench.claims --quick                # smoke run: 1 seed, a few steps per job
     python -m bench.claims                        # everything, 3 seeds (roughly 45-60 min on 2 cores)
 
 Parts: SDP vs GMP at 50/70/90% encoder sparsity; SparseBERT at 95% vs the teacher; SDP vs
 MiniLM with layers dropped (about the same non-zero count, fine-tuned like the teacher);
-separability and SNR of SDP vs GMP models; recovery after mask updates; and the step-time
-cost of each method over a dense fine-tuning step, all on one batch in one process.
+separability and SNR of SDP vs GMP models; recovery after mask updates. The step-time cost
+of each method is bench/steptime.py's.
 
 Jobs run in this process through infra.train.loop, the training step and loop the Ray workers
 run (same methods, data batches, optimizer groups, schedule and clipping), without Ray, so
@@ -19,7 +18,6 @@ the others are kept.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import math
@@ -48,9 +46,9 @@ SPARSEBERT_SPARSITY = 0.95
 # SparseBERT's own recipe (METHODS.md section 3): batch 32, lr 3e-5 constant, weight decay 0.01.
 SPARSEBERT_RECIPE = {"batch_size": 32, "learning_rate": 3e-5, "weight_decay": 0.01, "warmup_fraction": 0.0,
                      "lr_schedule": "constant"}
-SCALES = {  # seeds, max train examples (None: the config's), max eval examples, step-time repeats
-    "full": {"seeds": (0, 1, 2), "train": None, "eval": None, "repeats": 10},
-    "quick": {"seeds": (0,), "train": 128, "eval": 128, "repeats": 3},
+SCALES = {  # seeds, max train examples (None: the config's), max eval examples
+    "full": {"seeds": (0, 1, 2), "train": None, "eval": None},
+    "quick": {"seeds": (0,), "train": 128, "eval": 128},
 }
 
 
@@ -241,96 +239,15 @@ def summarise(teacher: dict, runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- step-time cost
-
-
-def run_step_time(setup: Setup, repeats: int, log, sparsity: float = 0.9) -> dict:
-    """Step time of each method on the same batch, interleaved, and ratios over a dense step.
-
-    Each round times one step of every method, and one mask update (from a full mask to the
-    mid-ramp sparsity: a full top-k per matrix, the costly case), in the same process.
-    """
-    spec, total = setup.cfg.prune, 300
-    base = pretrained_model(setup, seed=0)
-    pad = getattr(base.config, "pad_token_id", 0) or 0
-    batch = next(data.batches(data.read_split(setup.ref, "train"), spec.batch_size, shuffle=False,
-                              seed=0, pad_token_id=pad, drop_last=True))
-    runners = {}
-    for name in ("dense", "gmp", "sdp", "sparsebert"):
-        student = copy.deepcopy(base).train()
-        teacher = copy.deepcopy(base).eval() if METHOD_SPECS[name].needs_teacher else None
-        method = build_method(name, student, teacher=teacher, total_steps=total,
-                              final_sparsity=0.0 if name == "dense" else sparsity, options={})
-        if name != "dense":
-            method.update_masks(method.schedule.end_step)  # time at the final sparsity
-        optimizer = torch.optim.AdamW(loop.param_groups(method.module, spec.weight_decay), lr=1e-6)
-        runners[name] = (method, student, optimizer)
-    updater = build_method("gmp", copy.deepcopy(base), total_steps=total, final_sparsity=sparsity, options={})
-    mid = (updater.schedule.start_step + updater.schedule.end_step) // 2
-    times: dict[str, list[float]] = {name: [] for name in [*runners, "mask_update"]}
-    for r in range(repeats + 2):  # the first two rounds warm up the allocator and kernels
-        for name, (method, student, optimizer) in runners.items():
-            step = total + r if name != "dense" else r  # past end_step: no mask update
-            start = time.perf_counter()
-            loop.train_step(method, student, batch, optimizer, None, step=step,
-                            max_grad_norm=spec.max_grad_norm)
-            times[name].append(time.perf_counter() - start)
-        updater.masks = {n: torch.ones_like(m) for n, m in updater.masks.items()}
-        start = time.perf_counter()
-        updater.update_masks(mid)
-        times["mask_update"].append(time.perf_counter() - start)
-        log(f"step-time round {r + 1}/{repeats + 2}")
-    times = {name: t[2:] for name, t in times.items()}
-    every = runners["gmp"][0].schedule.update_every
-
-    def ratios(of: dict[str, float]) -> dict[str, float]:
-        return {"gmp_step_over_dense": of["gmp"] / of["dense"],
-                "gmp_step_with_amortised_mask_updates_over_dense":
-                    (of["gmp"] + of["mask_update"] / every) / of["dense"],
-                "sdp_step_over_dense": of["sdp"] / of["dense"],
-                "sparsebert_step_over_dense": of["sparsebert"] / of["dense"]}
-
-    # On a shared machine a busy moment slows a whole round: the per-round ratio (same round,
-    # same batch) cancels that, and the fastest step of each method is the least disturbed.
-    paired = {name: statistics.median([t / d for t, d in zip(times[name], times["dense"])])
-              for name in times}
-    medians = {name: _median_ms(t) for name, t in times.items()}
-    fastest = {name: 1000 * min(t) for name, t in times.items()}
-    return {
-        "batch_shape": list(batch["input_ids"].shape), "threads": setup.threads, "repeats": repeats,
-        "sparsity": sparsity, "update_every": every, "median_ms": medians, "min_ms": fastest,
-        "spread_ms": {n: [1000 * min(t), 1000 * max(t)] for n, t in times.items()},
-        "ratios": ratios(paired), "ratios_of_medians": ratios(medians), "ratios_of_fastest": ratios(fastest),
-        "targets": {"mask_overhead_within": 1.05, "sdp_within": 1.4},
-    }
-
-
-def _median_ms(times: list[float]) -> float:
-    return statistics.median(times) * 1000
-
-
 # ---------------------------------------------------------------- report
 
 
 def markdown(results: dict) -> str:
-    ran = [part for part in ("step_time", "accuracy") if part in results]
-    lines = [f"# Claims of issue 3 ({results.get('scale', '?')} scale; parts run: {', '.join(ran)})", ""]
+    lines = [f"# Claims of issue 3 ({results.get('scale', '?')} scale)", "",
+             "Step-time costs: bench/steptime.py (bench/results/steptime.md).", ""]
     if "accuracy" not in results:
         lines += ["The accuracy claims (SDP vs GMP, SparseBERT vs teacher, vs a smaller dense model)",
                   "were not run in this file: `python -m bench.claims --only accuracy`.", ""]
-    cost = results.get("step_time")
-    if cost:
-        lines += ["## Step-time cost (same batch, one process, interleaved steps)", "",
-                  "| ratio | median of per-round ratios | of medians | of fastest steps | target |",
-                  "|---|---|---|---|---|"]
-        targets = {"gmp_step_over_dense": "<= 1.05",
-                   "gmp_step_with_amortised_mask_updates_over_dense": "<= 1.05",
-                   "sdp_step_over_dense": "<= 1.4", "sparsebert_step_over_dense": "-"}
-        lines += [f"| {k} | {v:.3f} | {cost['ratios_of_medians'][k]:.3f} | "
-                  f"{cost['ratios_of_fastest'][k]:.3f} | {targets[k]} |" for k, v in cost["ratios"].items()]
-        lines += ["", f"batch {cost['batch_shape']}, {cost['threads']} threads, {cost['repeats']} rounds; "
-                  "median ms: " + ", ".join(f"{k} {v:.0f}" for k, v in cost["median_ms"].items())
-                  + f" (mask_update: one update, every {cost['update_every']} steps)", ""]
     acc = results.get("accuracy")
     if acc:
         lines += ["## Accuracy and analysis (mean ± std over seeds, test split)", "",
@@ -369,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--quick", action="store_const", const="quick", dest="scale",
                         help="same as --scale quick: 1 seed, a few steps per job")
-    parser.add_argument("--only", choices=("all", "steptime", "accuracy"), default="all")
+    parser.add_argument("--only", choices=("all", "accuracy"), default="all")
     parser.add_argument("--config", type=Path, default=ROOT / "configs/demo.yaml")
-    parser.add_argument("--repeats", type=int, help="step-time repeats (default: per scale)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prune-epochs", type=float, help="epochs of each pruning job (default: config's)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/claims[-quick].json)")
@@ -388,13 +304,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup = prepare(args.config, scale, work, args.threads)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    results.pop("step_time", None)  # measured by bench/steptime.py since issue 14
     results |= {"scale": args.scale, "config": str(args.config.relative_to(ROOT)
                                                    if args.config.is_relative_to(ROOT) else args.config),
                 "seeds": list(scale["seeds"]), "data_hash": setup.ref.content_hash,
                 "sizes": dict(setup.ref.sizes)}
-    if args.only in ("all", "steptime"):
-        results["step_time"] = run_step_time(setup, args.repeats or scale["repeats"], log)
-        results["step_time"]["command"] = "python -m bench.claims " + " ".join(argv or [])
     if args.only in ("all", "accuracy"):
         results["accuracy"] = run_accuracy(setup, scale["seeds"], log, args.prune_epochs)
         results["accuracy"]["prune_epochs"] = args.prune_epochs or setup.cfg.prune.epochs
