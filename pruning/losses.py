@@ -19,6 +19,8 @@ from torch import Tensor, nn
 STANDARDISE_EPS = 1e-5
 CC_LAMBDA = 5.1e-3  # METHODS.md section 1 (the Barlow Twins value)
 SOFT_CE_REDUCTIONS = ("batchmean", "mean")
+CorrelationTarget = Literal["identity", "teacher"]
+CORRELATION_TARGETS: tuple[CorrelationTarget, ...] = ("identity", "teacher")
 _MASKED_KEY = -1e9  # finite stand-in for -inf at padded keys: no inf - inf in the KL
 
 
@@ -40,32 +42,64 @@ def standardise(z: Tensor, eps: float = STANDARDISE_EPS) -> Tensor:
     return (z - mean) / torch.sqrt(var + eps)
 
 
+def cross_correlation_parts(
+    z_pruned: Tensor, z_unpruned: Tensor, eps: float = STANDARDISE_EPS,
+    target: CorrelationTarget = "identity",
+) -> tuple[Tensor, Tensor]:
+    """The two sums of the cross-correlation loss, unweighted (METHODS.md section 1).
+
+    C = z_p^T z_u / N on batch-standardised features [d, d], compared with a target T:
+    on = sum_i (T_ii - C_ii)^2 and off = sum_{i != j} (C_ij - T_ij)^2.
+    `target` "identity" (Barlow Twins): T = I, so off asks for decorrelated features.
+    "teacher": T = z_u^T z_u / N, the unpruned side's own correlations on the same
+    rows, so z_p = z_u zeroes both sums and their gradients whatever N, d, eps and
+    however correlated the unpruned features are (the teacher is a fixed point).
+
+    Args:
+        z_pruned: [N, d] from the pruned network (gradients flow through it).
+        z_unpruned: [N, d] from the unpruned network (computed without gradient).
+
+    Returns:
+        (on, off), two scalars.
+    """
+    if z_pruned.shape != z_unpruned.shape:
+        raise ValueError(f"shapes differ: {tuple(z_pruned.shape)} vs {tuple(z_unpruned.shape)}")
+    if target not in CORRELATION_TARGETS:
+        raise ValueError(f"target must be one of {CORRELATION_TARGETS}, got {target!r}")
+    n = z_pruned.shape[0]
+    u = standardise(z_unpruned, eps)
+    c = standardise(z_pruned, eps).T @ u / n  # [d, d]
+    if target == "teacher":
+        residual = c - u.T @ u / n
+    else:
+        residual = c - torch.eye(c.shape[0], device=c.device, dtype=c.dtype)
+    on = torch.diagonal(residual).pow(2).sum()
+    return on, residual.pow(2).sum() - on
+
+
 def cross_correlation_loss(
     z_pruned: Tensor, z_unpruned: Tensor, lambda_offdiag: float = CC_LAMBDA,
-    eps: float = STANDARDISE_EPS,
+    eps: float = STANDARDISE_EPS, target: CorrelationTarget = "identity",
 ) -> Tensor:
-    """Barlow Twins cross-correlation loss (METHODS.md section 1).
+    """Barlow Twins cross-correlation loss (METHODS.md section 1): on + lambda * off.
 
-    C = z_p^T z_u / N on batch-standardised features;
-    L_cc = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2.
+    With the default `target` "identity", C = z_p^T z_u / N on batch-standardised
+    features and L_cc = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2; see
+    `cross_correlation_parts` for the "teacher" target.
 
     Args:
         z_pruned: [N, d] from the pruned network (gradients flow through it).
         z_unpruned: [N, d] from the unpruned network (computed without gradient).
         lambda_offdiag: weight of the off-diagonal (redundancy) term; 5.1e-3 default.
         eps: variance guard of the standardisation.
+        target: "identity" (Barlow Twins) or "teacher" (z_u's own correlations).
 
     Returns:
-        Scalar loss: about 0 when both sides are the same decorrelated features,
-        positive otherwise; unchanged by a positive per-feature scaling of either side.
+        Scalar loss: about 0 when both sides are the same decorrelated features (or,
+        with "teacher", the same features), positive otherwise; unchanged by a positive
+        per-feature scaling of either side.
     """
-    if z_pruned.shape != z_unpruned.shape:
-        raise ValueError(f"shapes differ: {tuple(z_pruned.shape)} vs {tuple(z_unpruned.shape)}")
-    n = z_pruned.shape[0]
-    c = standardise(z_pruned, eps).T @ standardise(z_unpruned, eps) / n  # [d, d]
-    diag = torch.diagonal(c)
-    on = (1.0 - diag).pow(2).sum()
-    off = c.pow(2).sum() - diag.pow(2).sum()
+    on, off = cross_correlation_parts(z_pruned, z_unpruned, eps, target)
     return on + lambda_offdiag * off
 
 

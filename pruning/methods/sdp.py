@@ -25,6 +25,7 @@ REPRESENTATIONS: tuple[Representation, ...] = ("cls", "pooled", "logits", "all_l
 SELF_LOSSES: tuple[SelfLoss, ...] = ("cross_correlation", "kl_logits", "mse_logits", "cosine")
 TEACHER_MODES: tuple[TeacherMode, ...] = ("frozen", "shared")
 _LIFTED_PREFIX = "lifted."
+_QUEUE_PREFIX = "cc_queue."
 
 
 class SelfDistilled(MaskedMethod):
@@ -32,11 +33,26 @@ class SelfDistilled(MaskedMethod):
 
     The student starts from the fine-tuned teacher; its unpruned version is the
     teacher. Loss: L = CE(y, f_pruned(x)) + beta * L_cc(z_pruned, z_unpruned), with
-    the Barlow Twins cross-correlation L_cc of pruning.losses. Gradients reach only
-    the pruned branch: the teacher runs under no_grad.
+    the Barlow Twins-style cross-correlation L_cc of pruning.losses; its on- and
+    off-diagonal parts are logged ("cc_on_diag", "cc_off_diag" times cc_lambda).
+    Gradients reach only the pruned branch: the teacher runs under no_grad.
 
     Defaults (METHODS.md section 1; the open details are options, defaults named there):
       beta = 1.0 (the paper's grid: 0.1, 0.5, 1.0); cc_lambda = 5.1e-3.
+      cc_target = "teacher" (ours): L_cc = sum_i (T_ii - C_ii)^2 + cc_lambda *
+        sum_{i != j} (C_ij - T_ij)^2, T the frozen teacher's own correlations on the
+        same rows, so the teacher is the minimum (0, zero gradient). The paper's Barlow
+        Twins target T = I ("identity") is not: with N = 32 and d = 384, C has rank
+        <= 31 and the off-diagonal sum a floor (about 22 at 5.1e-3), its gradient at
+        student == teacher decorrelates, and features of variance below eps push on the
+        diagonal. On the demo's fine-tuned MiniLM [CLS] "identity" has at the teacher a
+        gradient 0.34 times that at a 70%-pruned copy, its minimum on the line between
+        them halfway; a 1024-example queue or cc_lambda = 0 keep a push (0.38, 0.45),
+        the logits or a 16-d projection shrink it (0.001, 0.003) but keep the minimum
+        off the teacher; "teacher": 0 (issue 14's measurement).
+      cc_queue = 0: earlier examples (both sides' features, detached) joining each
+        batch's correlation, the last cc_queue of them; only this batch carries
+        gradient. Kept in the checkpoint.
       representation = "cls": last-layer [CLS] hidden state [N, H]. "pooled": the
         pooler output (BERT); "logits"; "all_layers": the [CLS] of every encoder
         layer's output, L_cc summed over layers (embedding output excluded; our choice).
@@ -69,6 +85,8 @@ class SelfDistilled(MaskedMethod):
         total_steps: int,
         beta: float = 1.0,
         cc_lambda: float = losses.CC_LAMBDA,
+        cc_target: losses.CorrelationTarget = "teacher",
+        cc_queue: int = 0,
         representation: Representation = "cls",
         self_loss: SelfLoss = "cross_correlation",
         teacher_mode: TeacherMode = "frozen",
@@ -81,16 +99,23 @@ class SelfDistilled(MaskedMethod):
     ) -> None:
         for value, valid, what in ((representation, REPRESENTATIONS, "representation"),
                                    (self_loss, SELF_LOSSES, "self_loss"),
-                                   (teacher_mode, TEACHER_MODES, "teacher_mode")):
+                                   (teacher_mode, TEACHER_MODES, "teacher_mode"),
+                                   (cc_target, losses.CORRELATION_TARGETS, "cc_target")):
             if value not in valid:
                 raise ValueError(f"{what} must be one of {valid}, got {value!r}")
         if beta < 0 or temperature <= 0:
             raise ValueError(f"need beta >= 0 and temperature > 0, got {beta}, {temperature}")
+        if cc_queue < 0:
+            raise ValueError(f"cc_queue must be >= 0 (queued examples), got {cc_queue}")
         schedule = CubicSchedule.over_run(total_steps, final_sparsity, start_fraction=start_fraction,
                                           end_fraction=end_fraction, update_every=update_every)
         super().__init__(student, schedule=schedule, allocation=allocation,
                          recovery_steps=recovery_steps)
         self.beta, self.cc_lambda, self.temperature = beta, cc_lambda, temperature
+        self.cc_target: losses.CorrelationTarget = cc_target
+        self.cc_queue = cc_queue
+        # Per representation: (student [Q, d], teacher [Q, d]) rows of earlier batches, detached.
+        self.queued: list[tuple[Tensor, Tensor]] = []
         self.representation: Representation = representation
         self.self_loss: SelfLoss = self_loss
         self.teacher_mode: TeacherMode = teacher_mode
@@ -182,14 +207,40 @@ class SelfDistilled(MaskedMethod):
     def distill_loss(self, student_out, student_reps: list[Tensor], teacher_out,
                      teacher_reps: list[Tensor]) -> Tensor:
         """The self-distillation term (before beta) for the configured `self_loss`."""
+        return sum(self.distill_parts(student_out, student_reps, teacher_out, teacher_reps).values())
+
+    def distill_parts(self, student_out, student_reps: list[Tensor], teacher_out,
+                      teacher_reps: list[Tensor]) -> dict[str, Tensor]:
+        """The self-distillation term as parts that add up to it: for the cross-correlation
+        "cc_on_diag" and "cc_off_diag" (times cc_lambda), summed over representations and
+        computed on the queued rows plus this batch's; for the others "self_loss" alone."""
         if self.self_loss == "kl_logits" and student_out.logits.shape[-1] > 1:
-            return losses.kl_logits(student_out.logits, teacher_out.logits, self.temperature)
+            return {"self_loss": losses.kl_logits(student_out.logits, teacher_out.logits, self.temperature)}
         if self.self_loss in ("mse_logits", "kl_logits"):
-            return losses.mse_logits(student_out.logits, teacher_out.logits)
-        pairs = list(zip(student_reps, teacher_reps))
+            return {"self_loss": losses.mse_logits(student_out.logits, teacher_out.logits)}
         if self.self_loss == "cosine":
-            return sum(losses.cosine_loss(s, t) for s, t in pairs)
-        return sum(losses.cross_correlation_loss(s, t, self.cc_lambda) for s, t in pairs)
+            return {"self_loss": sum(losses.cosine_loss(s, t) for s, t in zip(student_reps, teacher_reps))}
+        on = off = torch.zeros((), device=student_reps[0].device)
+        for i, (s, t) in enumerate(zip(student_reps, teacher_reps)):
+            if i < len(self.queued):  # earlier rows first; only this batch's carry gradient
+                s_q, t_q = (q.to(s.device) for q in self.queued[i])
+                s, t = torch.cat([s_q, s.float()]), torch.cat([t_q, t.float()])
+            part_on, part_off = losses.cross_correlation_parts(s, t, target=self.cc_target)
+            on, off = on + part_on, off + part_off
+        return {"cc_on_diag": on, "cc_off_diag": self.cc_lambda * off}
+
+    def enqueue(self, student_reps: list[Tensor], teacher_reps: list[Tensor]) -> None:
+        """Keep the last `cc_queue` rows of both sides' features [N, d], detached."""
+        if self.self_loss != "cross_correlation" or self.cc_queue == 0:
+            return
+        queued = []
+        for i, (s, t) in enumerate(zip(student_reps, teacher_reps)):
+            s, t = s.detach().float(), t.detach().float()
+            if i < len(self.queued):
+                s_q, t_q = (q.to(s.device) for q in self.queued[i])
+                s, t = torch.cat([s_q, s]), torch.cat([t_q, t])
+            queued.append((s[-self.cc_queue:], t[-self.cc_queue:]))
+        self.queued = queued
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """CE(y, f_pruned(x)) + beta * self-distillation loss, and its parts as logs."""
@@ -204,19 +255,26 @@ class SelfDistilled(MaskedMethod):
             teacher_out, teacher_reps = self._teacher_forward(batch)
         student_out, student_reps = self._forward(model, batch)
         task = student_out.loss
-        distill = self.distill_loss(student_out, student_reps, teacher_out, teacher_reps)
+        parts = self.distill_parts(student_out, student_reps, teacher_out, teacher_reps)
+        distill = sum(parts.values())
+        self.enqueue(student_reps, teacher_reps)
         self.recovery.observe(self.step, float(task.detach()))
         logs = {"task_loss": float(task.detach()), "self_loss": float(distill.detach()),
                 "sparsity": self.schedule.sparsity_at(self.step)}
+        logs |= {k: float(v.detach()) for k, v in parts.items() if k != "self_loss"}
         return task + self.beta * distill, logs
 
     # ---------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Tensor]:
-        """MaskedMethod's state, plus "lifted.<name>" [*] (pruned values) in shared mode."""
+        """MaskedMethod's state, plus "lifted.<name>" [*] (pruned values) in shared mode and
+        "cc_queue.<i>.student" / ".teacher" [Q, d] (queued features of representation i)."""
         state = super().state_dict()
         for n, values in self.lifted.items():
             state[_LIFTED_PREFIX + n] = values.detach().to("cpu").contiguous()
+        for i, pair in enumerate(self.queued):
+            for side, rows in zip(("student", "teacher"), pair):
+                state[f"{_QUEUE_PREFIX}{i}.{side}"] = rows.to("cpu").contiguous()
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -224,7 +282,10 @@ class SelfDistilled(MaskedMethod):
         if self.teacher_mode == "shared" and set(lifted) != set(self.params):
             raise ValueError("sdp (teacher_mode='shared') state has no kept-aside pruned values "
                              "for every masked weight")
-        super().load_state_dict({k: v for k, v in state.items() if not k.startswith(_LIFTED_PREFIX)})
+        queued = {k[len(_QUEUE_PREFIX):]: v for k, v in state.items() if k.startswith(_QUEUE_PREFIX)}
+        self.queued = [(queued[f"{i}.student"], queued[f"{i}.teacher"]) for i in range(len(queued) // 2)]
+        super().load_state_dict({k: v for k, v in state.items()
+                                 if not k.startswith((_LIFTED_PREFIX, _QUEUE_PREFIX))})
         if self.teacher_mode == "shared":
             self.lifted = {n: lifted[n].to(self.params[n].device, self.params[n].dtype)
                            for n in self.params}

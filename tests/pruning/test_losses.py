@@ -118,3 +118,20 @@ def test_soft_cross_entropy_averages_over_batch_and_classes_when_asked():
     assert float(losses.soft_cross_entropy(s, t)) == pytest.approx(sum(entries) / 2, rel=1e-6)
     with pytest.raises(ValueError, match="reduction"):
         losses.soft_cross_entropy(s, t, reduction="sum")
+
+
+def test_cross_correlation_with_the_teachers_target_has_the_teacher_as_fixed_point():
+    # N = 6 < d = 10, correlated features and one near-constant feature (variance << eps):
+    # the identity target has a floor and pushes; the teacher's own correlations do not.
+    z = _features(6, 10, 0) @ (torch.eye(10) + 0.5 * _features(10, 10, 1))
+    z[:, 3] = 1.0 + 1e-5 * _features(6, 1, 2)[:, 0]
+    for target, zero in (("identity", False), ("teacher", True)):
+        zp = z.clone().requires_grad_()
+        on, off = losses.cross_correlation_parts(zp, z, target=target)
+        (grad,) = torch.autograd.grad(on + 0.1 * off, zp)
+        assert (float((on + off).detach()) < 1e-10) is zero and (float(grad.abs().max()) < 1e-6) is zero
+    zp, zu = _features(64, 5, 0), _features(64, 5, 1) + 0.5 * _features(64, 5, 0)
+    on, off = losses.cross_correlation_parts(zp, zu)
+    assert float(on + 0.1 * off) == pytest.approx(_cc_by_hand(zp, zu, 0.1), rel=1e-5)
+    with pytest.raises(ValueError, match="target"):
+        losses.cross_correlation_parts(zp, zu, target="zero")

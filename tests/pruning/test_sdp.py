@@ -48,6 +48,7 @@ def test_registered_with_a_teacher_and_the_papers_defaults():
     assert spec.starts_from == "teacher" and spec.needs_teacher
     opts = method_options("sdp")
     assert opts["beta"] == 1.0 and opts["cc_lambda"] == 5.1e-3
+    assert opts["cc_target"] == "teacher" and opts["cc_queue"] == 0  # ours: the teacher a fixed point
     assert opts["representation"] == "cls" and opts["self_loss"] == "cross_correlation"
     assert opts["teacher_mode"] == "frozen" and opts["end_fraction"] == pytest.approx(2 / 3)
 
@@ -201,3 +202,89 @@ def test_kl_self_loss_on_a_regression_head_still_pulls_the_logits_together(tiny_
     teacher_out = method.teacher(**{k: v for k, v in batch.items() if k != "labels"})
     distil = method.distill_loss(student_out, [], teacher_out, [])
     assert float(distil.detach()) == pytest.approx(9.0, rel=0.05)
+
+
+def _teacher_cls(method: SelfDistilled, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return method.teacher(**inputs, output_hidden_states=True).hidden_states[-1][:, 0]  # [N, H]
+
+
+def test_the_default_self_loss_has_the_teacher_as_its_fixed_point(tiny_bert, make_batch):
+    # N = 8 examples of d = 32 features: C has rank <= 7, as N = 32 and d = 384 for MiniLM.
+    method = _sdp(tiny_bert)
+    z_t = _teacher_cls(method, make_batch(torch.Generator().manual_seed(0), size=8))
+
+    def gradient(z_s: torch.Tensor) -> torch.Tensor:
+        z_s = z_s.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(method.distill_loss(None, [z_s], None, [z_t]), z_s)
+        return grad
+
+    at_teacher = gradient(z_t)
+    away = gradient(z_t + 0.3 * torch.randn(z_t.shape, generator=torch.Generator().manual_seed(1)))
+    assert float(away.norm()) > 0
+    assert float(at_teacher.norm()) <= 1e-4 * float(away.norm())
+    assert float(method.distill_loss(None, [z_t], None, [z_t])) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_the_identity_target_pushes_the_student_away_from_the_teacher(tiny_bert, make_batch):
+    method = _sdp(tiny_bert, cc_target="identity")  # Barlow Twins, as the paper
+    z_t = _teacher_cls(method, make_batch(torch.Generator().manual_seed(0), size=8))
+    z_s = z_t.clone().requires_grad_()
+    loss = method.distill_loss(None, [z_s], None, [z_t])
+    (grad,) = torch.autograd.grad(loss, z_s)
+    # rank(C) <= N - 1, so sum_ij C_ij^2 >= d^2 / (N - 1): a floor, and a decorrelating push.
+    n, d = z_t.shape
+    assert float(loss.detach()) >= method.cc_lambda * (d * d / (n - 1) - d) > 0.5
+    assert float(grad.norm()) > 1e-3
+
+
+def test_cross_correlation_parts_are_logged_and_add_up(tiny_bert, make_batch):
+    for target in ("identity", "teacher"):
+        method = _sdp(tiny_bert, cc_target=target)
+        method.on_step_start(4)
+        _, logs = method.loss(method.student, make_batch(torch.Generator().manual_seed(0), size=8))
+        assert logs["cc_on_diag"] > 0 and logs["cc_off_diag"] > 0
+        assert logs["cc_on_diag"] + logs["cc_off_diag"] == pytest.approx(logs["self_loss"], rel=1e-5)
+    _, logs = _sdp(tiny_bert, self_loss="cosine").loss(
+        tiny_bert(), make_batch(torch.Generator().manual_seed(0), size=8))
+    assert "cc_on_diag" not in logs
+
+
+def test_queued_features_of_earlier_batches_join_the_correlation(tiny_bert, make_batch):
+    from pruning import losses
+
+    method = _sdp(tiny_bert, cc_queue=12, cc_target="identity")
+    method.student.eval()  # no dropout: the student's features are a function of the batch
+    generator = torch.Generator().manual_seed(0)
+    batches = [make_batch(generator, size=8) for _ in range(3)]
+    for batch in batches[:2]:
+        method.loss(method.student, batch)
+    student_q, teacher_q = method.queued[0]
+    assert student_q.shape == teacher_q.shape == (12, 32) and not student_q.requires_grad
+    inputs = {k: v for k, v in batches[2].items() if k != "labels"}
+    z_s = method.student(**inputs, output_hidden_states=True).hidden_states[-1][:, 0]
+    z_t = _teacher_cls(method, batches[2])
+    expected = losses.cross_correlation_loss(torch.cat([student_q, z_s]), torch.cat([teacher_q, z_t]),
+                                             method.cc_lambda)
+    loss, logs = method.loss(method.student, batches[2])
+    assert logs["self_loss"] == pytest.approx(float(expected.detach()), rel=1e-4)
+    loss.backward()  # only this batch carries gradient; the queue now ends with it
+    assert torch.allclose(method.queued[0][0][-8:], z_s.detach(), atol=1e-6)
+
+
+def test_queue_survives_a_checkpoint(tiny_bert, make_batch, tmp_path):
+    method = _sdp(tiny_bert, cc_queue=12)
+    _train(method, "adamw", make_batch, 3, check=False)
+    save_file(method.state_dict(), str(tmp_path / "method.safetensors"))
+    fresh = _sdp(lambda: tiny_bert(seed=7), cc_queue=12)
+    fresh.load_state_dict(load_file(str(tmp_path / "method.safetensors")))
+    for (s, t), (fs, ft) in zip(method.queued, fresh.queued):
+        assert torch.equal(s, fs) and torch.equal(t, ft)
+
+
+def test_bad_cross_correlation_options_raise(tiny_bert):
+    with pytest.raises(ValueError, match="cc_target"):
+        _sdp(tiny_bert, cc_target="zero")
+    with pytest.raises(ValueError, match="cc_queue"):
+        _sdp(tiny_bert, cc_queue=-1)
