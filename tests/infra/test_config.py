@@ -86,7 +86,7 @@ def test_grid_expansion_is_complete_and_ids_are_stable() -> None:
 def test_changing_one_value_changes_only_what_depends_on_it() -> None:
     base = parse_config(_demo())
     data = _demo()
-    data["prune"]["learning_rate"] = 1e-4
+    data["prune"]["learning_rate"] *= 2
     changed = parse_config(data)
     task = base.tasks[0]
     assert teacher_job(base, task).job_id == teacher_job(changed, changed.tasks[0]).job_id

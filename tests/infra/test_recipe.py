@@ -19,8 +19,12 @@ SPARSEBERT = {"learning_rate": 3.0e-5, "lr_schedule": "constant", "warmup_fracti
 
 
 def _demo(**top: object) -> dict:
+    """configs/demo.yaml with GMP and SparseBERT for methods (the demo's other methods' options
+    dropped), trained in fp32."""
     data = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
     data["grid"]["methods"] = ["gmp", "sparsebert"]
+    data["grid"]["options"] = {k: v for k, v in data["grid"].get("options", {}).items() if k == "gmp"}
+    data["compute"].pop("precision", None)
     return data | top
 
 
