@@ -5,7 +5,8 @@ rotten_tomatoes) and write bench/results/claims[-quick].json and .md.
     python -m bench.claims                        # everything, 3 seeds (roughly 45-60 min on 2 cores)
 
 Parts: SDP vs GMP at 50/70/90% encoder sparsity; SparseBERT at 95% vs the teacher; SDP vs
-MiniLM with layers dropped (about the same non-zero count, fine-tuned like the teacher);
+MiniLM with layers dropped (about the same non-zero count; method layerdrop: fine-tuned like the
+teacher while distilling its logits);
 separability and SNR of SDP vs GMP models; recovery after mask updates. The step-time cost
 of each method is bench/steptime.py's.
 
@@ -39,6 +40,7 @@ from infra.experiment.preflight import split_spec, task_source
 from infra.experiment import paths
 from infra.experiment.settings import Settings
 from pruning.methods import METHOD_SPECS, PruningMethod, build_method
+from pruning.methods.layerdrop import layers_for_sparsity
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSITIES = (0.5, 0.7, 0.9)
@@ -133,13 +135,6 @@ def pretrained_model(setup: Setup, seed: int) -> nn.Module:
                                   init=setup.cfg.model.init, seed=seed)
 
 
-def drop_layers(model: nn.Module, keep: int) -> nn.Module:
-    """Keep the bottom `keep` encoder layers (the usual layer-dropping baseline)."""
-    model.bert.encoder.layer = nn.ModuleList(list(model.bert.encoder.layer)[:keep])
-    model.config.num_hidden_layers = keep
-    return model
-
-
 # ---------------------------------------------------------------- the accuracy claims
 
 
@@ -181,12 +176,15 @@ def run_accuracy(setup: Setup, seeds: tuple[int, ...], log, prune_epochs: float 
                                options=shared)
                 record(f"{name}@{s}", evaluate(setup, student, f"{name}-{s}-{seed}"), method)
             # About the same non-zero count: embeddings stay, encoder layers scale with (1 - s).
-            keep = max(1, round(teacher_model.config.num_hidden_layers * (1 - s)))
+            keep = layers_for_sparsity(teacher_model.config.num_hidden_layers, s)
             if (keep, seed) not in small_dense:  # two sparsities may round to one depth
-                log(f"dense with {keep} layers, seed={seed}")
-                small = drop_layers(pretrained_model(setup, seed=seed), keep)
-                train(setup, "dense", small, cfg.teacher, sparsity=0.0, seed=seed)
-                small_dense[keep, seed] = evaluate(setup, small, f"small-{keep}-{seed}") | {"layers": keep}
+                log(f"layerdrop: {keep} layers, seed={seed}")
+                # From the pretrained weights, so the teacher's budget; layers spread to the
+                # last one and logits distilled (the method's defaults; see its docstring).
+                method = train(setup, "layerdrop", pretrained_model(setup, seed=seed), cfg.teacher,
+                               sparsity=s, seed=seed, teacher=pretrained.load_saved(teacher_dir))
+                small_dense[keep, seed] = (evaluate(setup, method.student, f"small-{keep}-{seed}")
+                                           | {"layers": keep})
             record(f"small_dense@{s}", small_dense[keep, seed])
         log(f"sparsebert s={SPARSEBERT_SPARSITY} seed={seed}")
         student = pretrained_model(setup, seed=seed)

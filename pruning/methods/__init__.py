@@ -19,11 +19,12 @@ from pruning.methods.base import MaskedMethod, PruningMethod
 from pruning.methods.dense import Dense
 from pruning.methods.gmp import GradualMagnitude
 from pruning.methods.homodistil import CompactFinetune, HomotopicDistiller
+from pruning.methods.layerdrop import LayerDropped
 from pruning.methods.sdp import SelfDistilled
 from pruning.methods.sparsebert import SparseBert
 
-MethodName = Literal["dense", "gmp", "sdp", "sparsebert", "homodistil"]
-METHOD_NAMES: tuple[MethodName, ...] = ("dense", "gmp", "sdp", "sparsebert", "homodistil")
+MethodName = Literal["dense", "gmp", "sdp", "sparsebert", "homodistil", "layerdrop"]
+METHOD_NAMES: tuple[MethodName, ...] = ("dense", "gmp", "sdp", "sparsebert", "homodistil", "layerdrop")
 
 _CONSTRUCTORS: dict[str, Callable[..., PruningMethod]] = {
     "dense": Dense,
@@ -31,6 +32,7 @@ _CONSTRUCTORS: dict[str, Callable[..., PruningMethod]] = {
     "sdp": SelfDistilled,
     "sparsebert": SparseBert,
     "homodistil": CompactFinetune,
+    "layerdrop": LayerDropped,
 }
 _COMMON = ("teacher", "total_steps", "final_sparsity")
 # Methods with a task-agnostic first stage: its constructor, run once per (budget, seed,
@@ -53,12 +55,15 @@ class MethodSpec:
 # sparsebert: prunes the pre-trained model, distilling the fine-tuned teacher (section 3).
 # homodistil: the student is the compact model from the task-agnostic stage (section 2,
 #   HomotopicDistiller's export), fine-tuned on the task while distilling the teacher.
+# layerdrop: the pretrained model with encoder layers dropped to about the grid point's
+#   non-zero count, fine-tuned while distilling the teacher's logits (the dense control).
 METHOD_SPECS: dict[str, MethodSpec] = {
     "dense": MethodSpec(starts_from="pretrained", needs_teacher=False),
     "gmp": MethodSpec(starts_from="teacher", needs_teacher=False),
     "sdp": MethodSpec(starts_from="teacher", needs_teacher=True),
     "sparsebert": MethodSpec(starts_from="pretrained", needs_teacher=True),
     "homodistil": MethodSpec(starts_from="distilled", needs_teacher=True),
+    "layerdrop": MethodSpec(starts_from="pretrained", needs_teacher=True),
 }
 
 __all__ = [
