@@ -72,6 +72,13 @@ class TeacherCache:
         self.rows: int = meta["rows"]
         self.shapes = {name: tuple(shape) for name, shape in meta["shapes"].items()}
         self.token_axes = {name: tuple(axes) for name, axes in meta["token_axes"]}
+        # Per output, one array [rows of the record batch, *shape] per record batch: views of the
+        # memory-mapped file, so a read touches its examples' pages only (Arrow's take would
+        # first concatenate, i.e. copy, the whole column).
+        self.views = {name: [chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), *shape)
+                             for chunk in table.column(name).chunks] for name, shape in self.shapes.items()}
+        first = table.column_names[0]
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in table.column(first).chunks])
 
     @classmethod
     def open(cls, folder: Path) -> TeacherCache | None:
@@ -95,15 +102,16 @@ class TeacherCache:
     def read(self, ids: np.ndarray, width: int) -> dict[str, Tensor]:
         """Stored outputs of rows `ids` [b] (all < self.rows), cut to `width` tokens: name ->
         float32 [b, ...] on the CPU."""
-        rows = self.table.take(pa.array(ids, pa.int64()))
+        chunk = np.searchsorted(self.starts, ids, side="right") - 1
+        offset = ids - self.starts[chunk]
         out = {}
         for name, shape in self.shapes.items():
-            flat = rows.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            values = flat.reshape(len(ids), *shape)
             cut = tuple(slice(0, width) if axis in self.token_axes[name] else slice(None)
                         for axis in range(len(shape)))
-            # One copy: cut, float32, contiguous and writable (Arrow's buffers are read-only).
-            out[name] = torch.from_numpy(np.array(values[(slice(None), *cut)], dtype=np.float32))
+            views = self.views[name]
+            # A stacked copy in the stored type (writable; Arrow's buffers are read-only), then float32.
+            stored = np.stack([views[k][o][cut] for k, o in zip(chunk, offset)])
+            out[name] = torch.from_numpy(stored).float()
         return out
 
     def attach(self, batch: Batch, method: PruningMethod) -> Batch:

@@ -158,5 +158,5 @@ def test_batch_keys_split_back_into_inputs_and_teacher_outputs() -> None:
 def test_the_config_caches_by_default_without_changing_config_hashes() -> None:
     from infra.experiment.config import ComputeSpec
     assert ComputeSpec().teacher_cache_mb > 0 and ComputeSpec().teacher_cache_dtype == "float16"
-    assert set(ComputeSpec().model_dump()) == {"num_workers", "cpus_per_worker", "use_gpu", "max_failures"}
+    assert not {"teacher_cache_mb", "teacher_cache_dtype"} & set(ComputeSpec().model_dump())
     assert ComputeSpec(teacher_cache_mb=0).model_dump()["teacher_cache_mb"] == 0
