@@ -4,14 +4,23 @@ RAY_ADDRESS set: join that cluster. Unset: start a local one on loopback. A loca
 writes `~/ray_bootstrap_config.yaml` (`provider: {type: local}`) when it is missing
 (infra.stack.services.ensure_bootstrap_file says why). A local start also keeps Ray on
 127.0.0.1: by default Ray binds the machine's outward address, found by a UDP "connect" to
-a public DNS server, and its processes talk to each other there.
+a public DNS server, and its processes talk to each other there. A local cluster takes
+drivers and jobs with its token only (Ray's token authentication; the token file is the
+user's alone).
+
+Secrets (the MLflow credentials) never travel in the runtime_env or a job's config: the
+cluster shows both to anyone who can read its job table or dashboard. The driver puts them
+in Ray's object store (`share_secrets`) and each training worker sets them in its own
+process environment (`take_secrets`).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import ray
@@ -22,13 +31,18 @@ from infra.stack.services import ensure_bootstrap_file
 Job = TypeVar("Job")
 Handle = TypeVar("Handle")
 
+# What a worker needs to log to an MLflow server with authentication, and nobody else may read.
+SECRET_ENV: tuple[str, ...] = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                               "MLFLOW_TRACKING_TOKEN")
+
 
 class ClusterError(RuntimeError):
     """Ray could not be started or joined; names the address."""
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    """The variables every Ray worker of this driver gets: offline switches, home, MLflow."""
+    """The variables every Ray worker of this driver gets: offline switches, home, MLflow's
+    address (its credentials go through `share_secrets`: the runtime_env is on display)."""
     env = {k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()}
     # report() waits for the controller's poll; a short poll keeps short jobs short.
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -37,10 +51,22 @@ def worker_env(settings: Settings) -> dict[str, str]:
     if not settings.ray_address:  # spot-instance preemption cannot happen on this machine
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     env["PRUNEGRID_HOME"] = str(settings.home)
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        if os.environ.get(key):
-            env[key] = os.environ[key]
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
+
+
+def share_secrets() -> ray.ObjectRef | None:
+    """This driver's MLflow credentials as an object in Ray's store, for its jobs' workers
+    (None without credentials). Jobs, actors and Train runs show the ref's id, not its value."""
+    found = {key: os.environ[key] for key in SECRET_ENV if os.environ.get(key)}
+    return ray.put(found) if found else None  # ray: the object store, owned by this driver
+
+
+def take_secrets(ref: ray.ObjectRef | None) -> None:
+    """On a worker: the driver's credentials into this process's environment only."""
+    if ref is not None:
+        os.environ.update(ray.get(ref))  # ray: fetch the driver's object
 
 
 def connect(settings: Settings, num_cpus: int | None = None) -> bool:
@@ -50,6 +76,8 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
     for key, value in worker_env(settings).items():
         os.environ.setdefault(key, value)  # the controller runs with the driver's environment
     runtime_env = {"env_vars": worker_env(settings)}
+    if not settings.ray_address:
+        _token_auth()
     try:
         if settings.ray_address:
             ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
@@ -78,6 +106,30 @@ def _single_machine() -> None:
     from ray._private import ray_constants  # private, hence the test that guards it
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _token_auth() -> None:
+    """Keep token authentication on for a cluster this process starts, with a private token.
+
+    Ray enables it for a local `ray.init` unless RAY_AUTH_MODE says otherwise, and then keeps
+    its token in ~/.ray/auth_token, written with the default umask (readable by every local
+    user, who could then run code on the cluster): the file is created, or narrowed, to 0600.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode not in (None, "token"):
+        raise ClusterError(f"RAY_AUTH_MODE is '{mode}': the Ray cluster prunegrid starts for itself "
+                           "takes drivers and jobs with its token only; unset RAY_AUTH_MODE, or set "
+                           "RAY_ADDRESS to a cluster of your own")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # the user's own token: theirs to keep
+    token = Path.home() / ".ray" / "auth_token"  # Ray's default place
+    token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not token.exists():
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))  # as `ray get-auth-token --generate`
+    elif token.stat().st_mode & 0o077:
+        token.chmod(0o600)
 
 
 def job_slots(num_workers: int, cpus_per_worker: int, use_gpu: bool) -> int:

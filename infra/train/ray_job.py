@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from infra import data
 from infra.models import pretrained
 from infra.track import tracking
-from infra.train import checkpoints, loop
+from infra.train import checkpoints, cluster, loop
 from infra.train.job import JobArgs, TrainingError, build_job, cache_teacher_outputs
 from infra.train.teacher_cache import TeacherCache
 from pruning.methods import PruningMethod
@@ -100,6 +100,8 @@ def _resume(worker: _Worker) -> int:
 
 def train_loop(config: dict) -> None:
     """Per-worker training loop (runs inside a Ray Train worker)."""
+    config = dict(config)
+    cluster.take_secrets(config.pop("secrets", None))  # the driver's credentials, off the job's config
     args = JobArgs(**config)
     os.environ.update(args.extra_env)
     torch.set_num_threads(args.threads_per_worker)
@@ -198,7 +200,8 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
     """Run one job as a TorchTrainer; copy its final model to `out_dir`; return that folder."""
     trainer = TorchTrainer(  # ray: one data-parallel worker group per job
         train_loop_per_worker=train_loop,
-        train_loop_config=asdict(args),
+        # Secrets as an object ref: the dashboard shows a run's train_loop_config.
+        train_loop_config=asdict(args) | {"secrets": cluster.share_secrets()},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
