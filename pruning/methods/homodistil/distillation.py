@@ -162,8 +162,8 @@ class HomotopicDistiller(PruningMethod):
         if self.masks.hidden.device != device:
             move = lambda m: StructuredMasks.from_flat(  # noqa: E731
                 {k: v.to(device) for k, v in m.to_flat().items()})
-            self.masks = move(self.masks)
-            self.present = None if self.present is None else move(self.present)
+            same, self.masks = self.present is self.masks, move(self.masks)
+            self.present = self.masks if same else (None if self.present is None else move(self.present))
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
             if self.teacher_head is not None:
@@ -226,7 +226,8 @@ class HomotopicDistiller(PruningMethod):
             self.masks = select_masks(self.scores.scores(), widths, self.masks)
         elif self.path == "prune_first" and step == self.cut_step:
             self.masks = select_masks(self.scores.scores(), self.target, self.masks)
-        apply_structured_masks(self.module, self.masks, present=self.present)
+        if self.masks is not self.present:  # a student cut to its masks has nothing to zero
+            apply_structured_masks(self.module, self.masks, present=self.present)
 
     def reshape(self, optimizer: torch.optim.Optimizer) -> bool:
         """After the step: cut what the masks dropped out of the student, its projections and
@@ -281,6 +282,8 @@ class HomotopicDistiller(PruningMethod):
         if sections["present."]:
             device = self.masks.hidden.device
             present = StructuredMasks.from_flat({k: v.to(device) for k, v in sections["present."].items()})
+            if present.checksum() == self.masks.checksum():
+                present = self.masks  # one object: on_step_end then knows there is nothing to zero
             if self.present is None or present.checksum() != self.present.checksum():
                 self._cut(present, None)
         self.scores.load_state_dict(sections["score."])

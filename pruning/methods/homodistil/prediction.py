@@ -12,8 +12,12 @@ default is then "pooled_cosine": 1 - cos(mean-pooled last state of the student, 
 its projection, and of the teacher). A mean-pooled last state compared by cosine is the
 sentence embedding such encoders are trained and used for; the hidden-state MSE sums
 per-token squared errors over all L + 1 states, in absolute units, so the direction of
-the pooled output weighs little in it (the two vanish together, but the MSE can shrink
-while the embedding turns). "none" drops the term.
+the pooled output weighs little in it (the two vanish together, but the MSE can stay
+while the embedding turns). "none" drops the term. The term this replaces, a softmax
+over the pooled state's 384 features, is near uniform for features of that size: its KL
+stayed under 0.01 while the embedding was 0.49 (cosine distance) off, so it changed
+nothing against "none"; the cosine took that distance to 0.45 at the same hidden-state
+MSE (bench/results/homodistil_prediction.md, 24 steps to half the parameters).
 """
 
 from __future__ import annotations
