@@ -18,14 +18,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from infra.experiment.settings import Settings, apply_offline_env
 from infra.stack import local_stack
 from infra.stack.local_stack import PROJECT_ROOT, LocalStack, StackError
+from infra.train.console import VERBOSE_ENV
 
 PROG = "prunegrid"
 STACK = "mlflow,prefect-server,prefect-worker"  # `prunegrid up`: what `make up` always started
-VERBOSE_ENV = "PRUNEGRID_VERBOSE"  # 1: Ray's start-up lines and the libraries' progress bars too
 # A stack service's variables (LocalStack.env: those with its prefix), applied as a group
 # unless the user's environment names a server of its own.
 _STACK_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_", "PREFECT_API_URL": "PREFECT_", "RAY_ADDRESS": "RAY_"}
@@ -76,6 +77,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # Ray workers and servers started from here inherit it
     use_stack(LocalStack.from_env(settings))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # else Prefect warns
     from flows import prune_grid  # prefect, ray and torch: only the command that needs them
 
     code = prune_grid.main([args.config])

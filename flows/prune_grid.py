@@ -7,6 +7,7 @@ configs/demo.yaml`, or as the Prefect deployment `prune-grid/prune-grid` (prefec
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import pandas as pd
@@ -18,12 +19,12 @@ from infra.data import DataError
 from infra.evaluate import report
 from infra.experiment import preflight
 from infra.experiment.config import ConfigError, ExperimentConfig, TaskSpec, load_config
-from infra.experiment.grid import teacher_job
+from infra.experiment.grid import distil_job, expand_grid, teacher_job
 from infra.experiment.settings import Settings, apply_offline_env
 from infra.models.pretrained import ModelError
 from infra.stack.local_stack import StackError
 from infra.track.tracking import TrackingError, check_reachable, runs_url
-from infra.train import cluster
+from infra.train import cluster, console
 from tasks.grid import close_grid, open_grid, summarise
 from tasks.prepare import prepare_dataset
 from tasks.promote import register_and_promote
@@ -40,10 +41,12 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     cfg = load_config(config)  # a bad config stops here, before any work
     settings = Settings.from_env()
     apply_offline_env(settings.allow_hub)
+    console.quiet_driver(console.is_verbose())
     ctx = open_grid(cfg, config, tracking_uri(settings))
     started = cluster.connect(settings)
     try:
-        runner = GridRunner.open(ctx)
+        progress = console.GridProgress(total=_job_count(cfg), emit=get_run_logger().info)
+        runner = GridRunner.open(ctx, progress)
         parts = [_one_task(cfg, task_spec, runner) for task_spec in cfg.tasks]
         table, seeds = pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts])
     except BaseException as error:
@@ -62,6 +65,16 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     if failed:
         raise GridFailed(f"{len(failed)} grid job(s) failed; the rest were registered:\n" + "\n".join(failed))
     return table.to_dict(orient="records")
+
+
+def _job_count(cfg: ExperimentConfig) -> int:
+    """Training jobs of the grid: per task its teacher, distinct task-agnostic stages, grid points."""
+    count = 0
+    for task in cfg.tasks:
+        grid = expand_grid(cfg, task)
+        distils = {d.job_id for job in grid if (d := distil_job(cfg, task, job)) is not None}
+        count += 1 + len(distils) + len(grid)
+    return count
 
 
 def _one_task(cfg: ExperimentConfig, task_spec: TaskSpec, runner: GridRunner
@@ -88,7 +101,11 @@ def _one_task(cfg: ExperimentConfig, task_spec: TaskSpec, runner: GridRunner
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.prune_grid", description=__doc__)
     parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="experiment YAML")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Ray's start-up lines and the "
+                        f"libraries' progress bars too (or {console.VERBOSE_ENV}=1)")
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[console.VERBOSE_ENV] = "1"  # Ray workers started from here inherit it
     settings = Settings.from_env()
     apply_offline_env(settings.allow_hub)  # before Prefect starts its API
     try:

@@ -22,6 +22,7 @@ from infra.experiment.grid import JobSpec, distil_job, expand_grid
 from infra.experiment.jobs import EvalRecord, GridContext
 from infra.track.tracking import ModelRef
 from infra.train import cluster
+from infra.train.console import GridProgress
 from tasks import cache
 from tasks.evaluate import evaluate
 from tasks.prepare import prepare_corpus
@@ -46,19 +47,26 @@ class GridRunner:
     prune_task: Task
     evaluate_task: Task
     failed: list[str] = field(default_factory=list)  # "label (job_id): why", one per failed job
+    progress: GridProgress | None = None  # the console's grid line, at each job's start and end
 
     @classmethod
-    def open(cls, ctx: GridContext) -> GridRunner:
+    def open(cls, ctx: GridContext, progress: GridProgress | None = None) -> GridRunner:
         store = {"result_storage": cache.storage(ctx.home)}
         return cls(ctx, finetune_teacher.with_options(**store), distil_student.with_options(**store),
-                   prune.with_options(**store), evaluate.with_options(**store))
+                   prune.with_options(**store), evaluate.with_options(**store), progress=progress)
 
     def teacher(self, job: JobSpec, dataset: DatasetRef) -> ModelRef:
         """Stage 2: the fine-tuned teacher, trained again if its cached model folder is gone."""
-        ref = self.teacher_task(job=job, dataset=dataset, ctx=self.ctx)
-        if Path(ref.local_dir).is_dir():
-            return ref
-        return refreshed(self.teacher_task, True)(job=job, dataset=dataset, ctx=self.ctx)
+        self._begin(job)
+        try:
+            ref = self.teacher_task(job=job, dataset=dataset, ctx=self.ctx)
+            if not Path(ref.local_dir).is_dir():
+                ref = refreshed(self.teacher_task, True)(job=job, dataset=dataset, ctx=self.ctx)
+        except BaseException:
+            self._end(job, ok=False)
+            raise
+        self._end(job)
+        return ref
 
     def prune_grid(self, cfg: ExperimentConfig, spec: TaskSpec, dataset: DatasetRef,
                    teacher: ModelRef) -> list[Trained]:
@@ -113,13 +121,28 @@ class GridRunner:
                 return submit(job, True)
             else:
                 self.failed.append(f"{job.label} ({job.job_id}): {future.state.message}")
+            self._end(job, ok=future.state.is_completed())
             return None
 
-        cluster.run_window(
-            jobs, slots=cluster.job_slots(compute.num_workers, compute.cpus_per_worker, compute.use_gpu),
-            start=lambda job: submit(job, False), is_done=_final, settle=settle)
+        def start(job: JobSpec) -> PrefectFuture:
+            self._begin(job)
+            return submit(job, False)
+
+        slots = cluster.job_slots(compute.num_workers, compute.cpus_per_worker, compute.use_gpu)
+        if self.progress is not None:
+            self.progress.slots = slots
+        cluster.run_window(jobs, slots=slots, start=start, is_done=_final, settle=settle)
         order = {job.job_id: i for i, job in enumerate(jobs)}
         return sorted(trained, key=lambda pair: order[pair[0].job_id])
+
+
+    def _begin(self, job: JobSpec) -> None:
+        if self.progress is not None:
+            self.progress.started(job.label)
+
+    def _end(self, job: JobSpec, ok: bool = True) -> None:
+        if self.progress is not None:
+            self.progress.finished(job.label, ok)
 
 
 def _final(future: PrefectFuture[Any]) -> bool:

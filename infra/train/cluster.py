@@ -26,6 +26,7 @@ from typing import TypeVar
 import ray
 
 from infra.experiment.settings import OFFLINE_ENV, Settings
+from infra.train import console
 from infra.stack.services import ensure_bootstrap_file
 
 Job = TypeVar("Job")
@@ -51,6 +52,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     if not settings.ray_address:  # spot-instance preemption cannot happen on this machine
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     env["PRUNEGRID_HOME"] = str(settings.home)
+    env |= console.worker_env(console.is_verbose())  # progress bars off unless verbose
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
@@ -78,15 +80,19 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
     runtime_env = {"env_vars": worker_env(settings)}
     if not settings.ray_address:
         _token_auth()
+    verbose = console.is_verbose()
+    _driver_logs(verbose)
+    level = console.ray_log_level(verbose)  # Ray's start-up lines ("Started a local Ray instance")
     try:
         if settings.ray_address:
-            ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True,
+                     logging_level=level)
         else:
             ensure_bootstrap_file()
             _single_machine()
             ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
                      dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=True,
-                     logging_level="WARNING")
+                     logging_level=level)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = settings.ray_address or "a local cluster"
         raise ClusterError(f"cannot start or join Ray at {where}: {error}; "
@@ -106,6 +112,24 @@ def _single_machine() -> None:
     from ray._private import ray_constants  # private, hence the test that guards it
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _driver_logs(verbose: bool) -> None:
+    """How this driver prints its workers' output (log_to_driver): never folded, and without
+    Ray's "(RayTrainWorker pid=...)" prefix unless verbose (a job's lines name their job).
+
+    Ray folds lines from different workers that differ only in their numbers into one
+    "[repeated 2x across cluster]": two jobs' progress lines are such lines. Ray reads both
+    switches (RAY_DEDUP_LOGS, RAY_DISABLE_WORKER_LOG_PREFIX; a user's value wins) into module
+    constants at import, so the constants are set. tests/integration/test_prune_grid.py
+    checks the console a user sees.
+    """
+    from ray._private import ray_constants, ray_logging  # private, hence the test that guards it
+
+    if "RAY_DEDUP_LOGS" not in os.environ:
+        ray_logging.RAY_DEDUP_LOGS = False
+    if "RAY_DISABLE_WORKER_LOG_PREFIX" not in os.environ:
+        ray_constants.RAY_DISABLE_WORKER_LOG_PREFIX = not verbose
 
 
 def _token_auth() -> None:

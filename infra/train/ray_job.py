@@ -10,6 +10,7 @@ changes here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,14 +23,14 @@ from pathlib import Path
 
 import ray.train  # ray: the Train API (report, checkpoints, context)
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch.optim.lr_scheduler import LRScheduler
 
 from infra import data
 from infra.models import pretrained
 from infra.track import tracking
-from infra.train import checkpoints, cluster, loop
+from infra.train import checkpoints, cluster, console, loop
 from infra.train.job import JobArgs, TrainingError, build_job, cache_teacher_outputs
 from infra.train.teacher_cache import TeacherCache
 from pruning.methods import PruningMethod
@@ -103,6 +104,8 @@ def train_loop(config: dict) -> None:
     config = dict(config)
     cluster.take_secrets(config.pop("secrets", None))  # the driver's credentials, off the job's config
     args = JobArgs(**config)
+    if not console.is_verbose():  # Ray Train logs "Reporting training result" through the root logger
+        logging.getLogger().setLevel(logging.WARNING)
     os.environ.update(args.extra_env)
     torch.set_num_threads(args.threads_per_worker)
     context = ray.train.get_context()  # ray: rank and world size of this worker
@@ -137,8 +140,8 @@ def train_loop(config: dict) -> None:
         if logger and (step % args.log_every == 0 or step == total_steps):
             rate = (step - first_step) / (time.perf_counter() - started)
             logger.log(step, {"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0], **logs})
-            print(f"[{args.job_id} {args.method} s={args.sparsity:.2f}] step {step}/{total_steps} "
-                  f"loss {loss.item():.4f} ({rate:.2f} steps/s)", flush=True)
+            name = console.job_name(args.method, args.sparsity, args.stage)
+            print(console.job_line(name, args.job_id, step, total_steps, loss.item(), rate), flush=True)
         if step % args.checkpoint_every == 0 or step == total_steps:
             _report(worker, step, loss.item(), final=step == total_steps)
 
@@ -214,6 +217,9 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
             failure_config=FailureConfig(max_failures=max_failures,
                                          controller_failure_limit=max_failures + 2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's own lines (worker group start, process group, "Checkpoint successfully
+            # created", "Reporting training result") only on a verbose console.
+            logging_config=LoggingConfig(log_level=console.ray_log_level(console.is_verbose())),
         ),
     )
     failure = None

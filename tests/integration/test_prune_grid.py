@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,21 @@ def test_the_run_ends_with_a_results_table(grid_run) -> None:
     out = grid_run["proc"].stdout + grid_run["proc"].stderr
     assert "| task | method | target | encoder sparsity | dev acc | test acc |" in out
     assert out.count("| tiny_reviews | gmp |") == 2 and "| tiny_reviews | teacher |" in out
+
+
+def test_the_console_shows_the_grid_and_each_job_and_not_ray_s_own_lines(grid_run) -> None:
+    """Quiet by default (PRUNEGRID_VERBOSE unset): what a user reads is the grid's progress and
+    a line per job and log interval; Ray's start-up and checkpoint lines, worker prefixes and
+    the libraries' progress bars are left to --verbose."""
+    out = grid_run["proc"].stdout + grid_run["proc"].stderr
+    assert re.search(r"^\[gmp s=0\.90 [0-9a-f]{8}\] step 5/18  loss \d\.\d{4}  [\d.]+ steps/s", out, re.M), out[-3000:]
+    assert re.search(r"^\[teacher [0-9a-f]{8}\] step 120/120  loss ", out, re.M)
+    assert "[grid] 0/3 jobs done, running: teacher-seed0" in out and "[grid] 3/3 jobs done, training done" in out
+    for noise in ("Requesting resources", "Setting up process group", "Started training worker group",
+                  "RayTrainWorker pid=", "TrainController pid=", "Checkpoint successfully created at",
+                  "Reporting training result", "Loading weights", "Writing model shards",
+                  "Downloading artifacts", "View run", "repeated", "Started a local Ray instance"):
+        assert noise not in out, f"{noise!r} on a quiet console"
 
 
 def test_every_model_is_registered_with_its_metrics(grid_run) -> None:
