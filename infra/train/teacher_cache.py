@@ -9,8 +9,9 @@ DDP rank memory-maps the same file. `TeacherCache.attach` puts a batch's outputs
 
 One folder:
     meta.json       what it holds: spec, per-example shapes, storage types, rows, build time
-    outputs.arrow   Arrow IPC file: one column per output, row i = row i of the train split,
-                    one flat fixed-size list per example
+    outputs.arrow   Arrow IPC file: "example_id" (the example's row in the train split) and one
+                    column per output, one flat fixed-size list per example; rows grouped by
+                    length, the order the teacher ran them in (batches that pad little)
 
 Per-token outputs (hidden states, attention scores) are stored at the split's longest length,
 computed on batches padded to it, so a batch's shorter T cuts them exactly (the values at padded
@@ -29,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +44,11 @@ from pruning.methods import PruningMethod
 from pruning.methods.base import Batch
 from pruning.teacher_outputs import TeacherOutputs
 
-FORMAT = 1  # bump when the folder's layout changes
+FORMAT = 2  # bump when the folder's layout changes
 DTYPES = {"float32": (torch.float32, pa.float32()), "float16": (torch.float16, pa.float16())}
 BUILD_BATCH = 32  # examples per teacher forward while building
 MEBIBYTE = 1 << 20
-_FILE, _META = "outputs.arrow", "meta.json"
+_FILE, _META, _IDS = "outputs.arrow", "meta.json", "example_id"
 
 
 def longest(table: pa.Table) -> int:
@@ -77,8 +79,10 @@ class TeacherCache:
         # first concatenate, i.e. copy, the whole column).
         self.views = {name: [chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), *shape)
                              for chunk in table.column(name).chunks] for name, shape in self.shapes.items()}
-        first = table.column_names[0]
-        self.starts = np.cumsum([0] + [len(chunk) for chunk in table.column(first).chunks])
+        self.starts = np.cumsum([0] + [len(chunk) for chunk in table.column(_IDS).chunks])
+        # Rows are stored grouped by length (cheaper to compute): where each example's row is.
+        self.position = np.empty(self.rows, dtype=np.int64)
+        self.position[table.column(_IDS).to_numpy()] = np.arange(self.rows)
 
     @classmethod
     def open(cls, folder: Path) -> TeacherCache | None:
@@ -89,7 +93,8 @@ class TeacherCache:
             meta = json.loads((folder / _META).read_text())
             table = pa.ipc.open_file(pa.memory_map(str(folder / _FILE), "r")).read_all()
             intact = meta["format"] == FORMAT and table.num_rows == meta["rows"] and \
-                table.column_names == [name for name, _ in meta["token_axes"]]
+                table.column_names == [_IDS] + [name for name, _ in meta["token_axes"]] and \
+                np.array_equal(np.sort(table.column(_IDS).to_numpy()), np.arange(meta["rows"]))
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
             intact = False
         if not intact:
@@ -102,8 +107,9 @@ class TeacherCache:
     def read(self, ids: np.ndarray, width: int) -> dict[str, Tensor]:
         """Stored outputs of rows `ids` [b] (all < self.rows), cut to `width` tokens: name ->
         float32 [b, ...] on the CPU."""
-        chunk = np.searchsorted(self.starts, ids, side="right") - 1
-        offset = ids - self.starts[chunk]
+        where = self.position[ids]
+        chunk = np.searchsorted(self.starts, where, side="right") - 1
+        offset = where - self.starts[chunk]
         out = {}
         for name, shape in self.shapes.items():
             cut = tuple(slice(0, width) if axis in self.token_axes[name] else slice(None)
@@ -166,28 +172,26 @@ def build(method: PruningMethod, table: pa.Table, spec: TeacherOutputs, folder: 
     to `folder`, which appears whole or not at all; False when not one example fits."""
     began = time.perf_counter()
     padded = any(axes for _, axes in spec.token_axes)  # per-token outputs: pad to `length`
-    chunks = _chunks(method, table, pad_token_id, length if padded else None)
-    first = next(chunks)
+    width = length if padded else None
+    probe = next(_chunks(method, table.slice(0, 1), pad_token_id, width))[1]
     types = {name: DTYPES[dtype] if axes else DTYPES["float32"] for name, axes in spec.token_axes}
-    shapes = {name: tuple(first[name].shape[1:]) for name in spec.names}
+    shapes = {name: tuple(probe[name].shape[1:]) for name in spec.names}
     per_example = sum(math.prod(shapes[n]) * types[n][0].itemsize for n in spec.names)
     rows = min(table.num_rows, cap_bytes // per_example)
     log(f"teacher outputs ({spec.key}): {per_example / MEBIBYTE:.3f} MiB per example, "
         f"{table.num_rows * per_example / MEBIBYTE:.0f} MiB for all {table.num_rows}; storing {rows}")
     if rows == 0:
         return False
-    schema = pa.schema([(n, pa.list_(types[n][1], math.prod(shapes[n]))) for n in spec.names])
+    schema = pa.schema([(_IDS, pa.int64())] + [(n, pa.list_(types[n][1], math.prod(shapes[n])))
+                                                for n in spec.names])
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         with pa.OSFile(str(tmp / _FILE), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            done, outputs = 0, first
-            while done < rows:
-                take = min(rows - done, len(outputs[spec.names[0]]))
+            for ids, outputs in _chunks(method, table.slice(0, rows), pad_token_id, width):
                 writer.write_batch(pa.record_batch(
-                    [_column(outputs[n][:take], types[n]) for n in spec.names], schema=schema))
-                done += take
-                outputs = next(chunks, None) if done < rows else None
+                    [pa.array(ids, pa.int64())] + [_column(outputs[n], types[n]) for n in spec.names],
+                    schema=schema))
         meta = {"format": FORMAT, "key": spec.key, "token_axes": spec.token_axes, "shapes": shapes,
                 "dtypes": {n: str(types[n][0]).removeprefix("torch.") for n in spec.names},
                 "rows": rows, "examples": table.num_rows, "length": length,
@@ -205,17 +209,21 @@ def build(method: PruningMethod, table: pa.Table, spec: TeacherOutputs, folder: 
     return True
 
 
-def _chunks(method: PruningMethod, table: pa.Table, pad_token_id: int, length: int | None):
-    """The teacher's outputs (name -> [b, ...] on the CPU) on the rows of `table` in order, in
-    batches of BUILD_BATCH, padded to `length` when given (else to each batch's longest)."""
+def _chunks(method: PruningMethod, table: pa.Table, pad_token_id: int, length: int | None
+            ) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+    """(rows [b], the teacher's outputs on them: name -> [b, ...] on the CPU) for every row of
+    `table`, BUILD_BATCH at a time, grouped by length so batches pad little; padded to
+    `length` when given (per-token outputs), else to each batch's longest."""
     device = next(method.student.parameters()).device
-    for batch in data.batches(table, BUILD_BATCH, shuffle=False, seed=0, pad_token_id=pad_token_id):
+    for batch in data.batches(table, BUILD_BATCH, shuffle=False, seed=0, pad_token_id=pad_token_id,
+                              length_buckets=True, example_ids=True):
+        ids = batch.pop("example_ids").numpy()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         if length is not None:
             inputs = {k: _pad(v, length, pad_token_id if k == "input_ids" else 0) for k, v in inputs.items()}
         with torch.no_grad():
             outputs = method.teacher_outputs({k: v.to(device) for k, v in inputs.items()})
-        yield {name: value.detach().cpu() for name, value in outputs.items()}
+        yield ids, {name: value.detach().cpu() for name, value in outputs.items()}
 
 
 def _pad(tokens: Tensor, length: int, value: int) -> Tensor:
