@@ -76,7 +76,8 @@ def test_the_lr_schedule_is_a_config_key() -> None:
         parse_config(data)
 
 
-def test_the_teachers_recipe_and_id_are_unchanged_and_pruning_now_keeps_its_rate() -> None:
+def test_pruning_keeps_its_rate_and_the_teachers_schedule_and_id_stay() -> None:
+    """prune:'s constant rate changes neither the teacher's schedule nor its id."""
     cfg = parse_config(_demo())
     assert (cfg.teacher.lr_schedule, cfg.teacher.min_lr_fraction) == ("linear", 0.0)
     assert "lr_schedule" not in cfg.teacher.model_dump()  # the values every old job trained with
@@ -98,18 +99,19 @@ def test_the_jobs_worker_arguments_carry_the_recipe() -> None:
     assert (teacher.learning_rate, teacher.lr_schedule) == (5e-5, "linear")
 
 
-def test_precision_is_a_compute_key_that_changes_every_id_only_when_bf16() -> None:
-    fp32 = parse_config(_demo())
-    assert fp32.compute.precision == "fp32"
+def test_precision_is_a_compute_key_bf16_by_default_and_fp32_keeps_the_old_ids() -> None:
+    bf16 = parse_config(_demo())
+    assert bf16.compute.precision == "bf16"
     data = _demo()
-    data["compute"]["precision"] = "bf16"
-    bf16 = parse_config(data)
+    data["compute"]["precision"] = "fp32"
+    fp32 = parse_config(data)
     task = fp32.tasks[0]
-    old = {teacher_job(fp32, task).job_id} | {j.job_id for j in expand_grid(fp32, task)}
-    new = {teacher_job(bf16, task).job_id} | {j.job_id for j in expand_grid(bf16, task)}
-    assert len(new) == len(old) and not old & new
+    old = [teacher_job(fp32, task), *expand_grid(fp32, task)]
+    new = [teacher_job(bf16, task), *expand_grid(bf16, task)]
+    assert all("precision" not in job.resolved() for job in old)  # as every job before the key
+    assert all(job.resolved()["precision"] == "bf16" for job in new)
+    assert not {j.job_id for j in old} & {j.job_id for j in new}
     data["compute"]["precision"] = "fp16"
     with pytest.raises(ConfigError, match=r"compute\.precision"):
         parse_config(data)
-    job = expand_grid(bf16, task)[0]
-    assert _worker_args(job).precision == "bf16"
+    assert _worker_args(new[1]).precision == "bf16" and _worker_args(old[1]).precision == "fp32"
