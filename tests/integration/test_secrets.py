@@ -160,10 +160,12 @@ def test_b_the_flow_s_own_ray_refuses_a_client_without_its_token(tmp_path, monke
     for key in NO_RAY_AUTH:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PRUNEGRID_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # where Ray keeps its token: ~/.ray/auth_token
+    # The user's own HOME, where Ray keeps its token (~/.ray/auth_token): Ray caches the token a
+    # process has read, so a temporary HOME here would leave this test process's later Ray
+    # starts (other test files in the same pytest worker) holding a token their GCS rejects.
     started = cluster.connect(Settings.from_env(), num_cpus=1)
     try:
-        token = tmp_path / "user" / ".ray" / "auth_token"
+        token = Path.home() / ".ray" / "auth_token"
         assert token.stat().st_mode & 0o777 == 0o600  # the user's alone
         from ray._private.worker import get_dashboard_url  # the URL ray.init printed
 
