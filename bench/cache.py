@@ -251,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     work = paths.bench_dir(Settings.from_env().home, "cache")
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
+    log = claims.stamped_log(started)
 
     results = {"command": "python -m bench.cache " + " ".join(argv or []), "threads": args.threads,
                "load_before": [round(x, 1) for x in os.getloadavg()]}

@@ -25,6 +25,7 @@ import math
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -278,6 +279,15 @@ def write_results(out: Path, results: dict, text: str, log) -> None:
     print(text)
 
 
+def stamped_log(started: float) -> Callable[[str], None]:
+    """A progress printer: each line prefixed with the seconds since `started` (perf_counter)."""
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
+
+    return log
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.claims", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     work = paths.bench_dir(Settings.from_env().home)
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
+    log = stamped_log(started)
 
     setup = prepare(args.config, scale, work, args.threads)
     results = json.loads(out.read_text()) if out.is_file() else {}

@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 else f"homodistil-{args.scale}.json")
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
+    log = claims.stamped_log(started)
 
     work = paths.bench_dir(Settings.from_env().home, "homodistil")
     setup = claims.prepare(args.config, scale, work, args.threads)

@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
+    log = claims.stamped_log(started)
 
     setup = claims.prepare(args.config, {"train": None, "eval": None},
                            paths.bench_dir(Settings.from_env().home, "precision"), args.threads)

@@ -159,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:7.1f}s] {text}", flush=True)
+    log = claims.stamped_log(started)
 
     scale = {"train": None, "eval": None}  # the config's own data: the batch is its first 32
     setup = claims.prepare(args.config, scale, paths.bench_dir(Settings.from_env().home), args.threads)
