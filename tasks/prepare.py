@@ -28,4 +28,4 @@ def prepare_corpus(distil: DistilSpec, model: ModelSpec, dataset: data.DatasetRe
     own = corpus.task_texts(data.read_split(dataset, "train")) if distil.task_texts else []
     texts = corpus.gather(distil.corpus, own, distil.max_texts)
     return corpus.prepare_corpus(texts, pretrained.load_tokenizer(ctx.pretrained), model.max_length,
-                                 paths.data_dir(ctx.home), dataset.task)
+                                 paths.data_dir(ctx.home), dataset.task, chunk=distil.chunk)

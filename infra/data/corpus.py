@@ -58,12 +58,14 @@ def gather(corpus: tuple[CorpusSource, ...], task_texts: list[str], max_texts: i
     return texts
 
 
-def prepare_corpus(texts: list[str], tokenizer: Any, max_length: int, out_root: Path, name: str
-                   ) -> CorpusRef:
-    """Tokenise `texts` into out_root/<name>-corpus-<hash[:12]>/train.parquet (reused when there)."""
+def prepare_corpus(texts: list[str], tokenizer: Any, max_length: int, out_root: Path, name: str,
+                   chunk: bool = False) -> CorpusRef:
+    """Tokenise `texts` into out_root/<name>-corpus-<hash[:12]>/train.parquet (reused when there).
+    `chunk`: a text longer than max_length becomes several examples of at most max_length tokens
+    (each with its own [CLS]/[SEP]) instead of being cut."""
     types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
-                    return_token_type_ids=types)
+                    return_token_type_ids=types, return_overflowing_tokens=chunk)
     columns = {"input_ids": pa.array(enc["input_ids"], pa.list_(pa.int32()))}
     if types:
         columns["token_type_ids"] = pa.array(enc["token_type_ids"], pa.list_(pa.int8()))

@@ -315,3 +315,14 @@ def test_ranks_get_disjoint_rows_and_equal_batch_counts(drop_last: bool) -> None
 def test_ref_is_small_and_hashable(tmp_path: Path, tokenizer) -> None:
     ref = prepare(TINY, plan(max_train_examples=20), tokenizer, 16, tmp_path)
     assert isinstance(ref, DatasetRef) and {ref: 1}[ref] == 1 and dict(ref.sizes)["train"] == 20
+
+
+def test_a_chunked_corpus_keeps_every_token_of_a_long_text(tmp_path, tokenizer) -> None:
+    long = " ".join(["good film"] * 40)  # 80 words: several 16-token pieces
+    cut = corpus.prepare_corpus([long, "short"], tokenizer, 16, tmp_path, "t")
+    chunked = corpus.prepare_corpus([long, "short"], tokenizer, 16, tmp_path, "t", chunk=True)
+    assert cut.size == 2  # cut at 16 tokens: the rest of the long text is lost
+    rows = corpus.read_corpus(chunked.path)["input_ids"].to_pylist()
+    assert len(rows) == chunked.size > 2 and all(len(r) <= 16 for r in rows)
+    pieces = sum(len(r) - 2 for r in rows[:-1])  # each piece has its own [CLS] and [SEP]
+    assert pieces == len(tokenizer(long, add_special_tokens=False)["input_ids"])
