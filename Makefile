@@ -43,7 +43,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 # must fail `make test` and say so, not pass unnoticed.
 tier_failed = { rc=$$?; [ $$rc -ne 5 ] || echo "make test: the $(1) tier collected no tests (pytest exit 5)" >&2; exit $$rc; }
 
-.PHONY: venv demo xglue-demo test test-all ui up down status deploy clean
+.PHONY: venv demo xglue-demo test test-all ui up down status deploy claims clean
 
 venv: $(STAMP)
 
@@ -93,6 +93,15 @@ status: venv
 # Register the deployments of prefect.yaml against the running Prefect server (make up).
 deploy: venv
 	$(BIN)/prunegrid deploy
+
+# The benchmark refresh: every experiment in configs/claims/ through the prune-grid DAG (cached
+# jobs are not run again, so a refresh that stopped resumes), then the claims report from
+# MLflow into bench/results/claims.md and the README's claims section. Hours on 2 CPU cores:
+# each config's header gives its budget. CLAIMS=configs/claims/1-sdp-vs-gmp.yaml runs one.
+CLAIMS ?= configs/claims
+claims: venv
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/prunegrid claims $(CLAIMS)
 
 clean: down
 	rm -rf $(PRUNEGRID_HOME) $(RAY_TMPDIR)

@@ -5,6 +5,7 @@
     prunegrid ui [EXPERIMENT]            start MLflow if needed and print the UI's address
     prunegrid up | down | status         the local stack (MLflow, Prefect server and worker)
     prunegrid deploy                     register prefect.yaml's deployments on the stack's Prefect
+    prunegrid claims [CONFIGS]           the benchmark refresh (configs/claims), then README's claims
 
 Servers: MLFLOW_TRACKING_URI when set, else the local stack's MLflow on loopback (started when
 needed); a stack started by `prunegrid up` also lends its Prefect server (the flow runs show
@@ -57,6 +58,13 @@ def parser() -> argparse.ArgumentParser:
                              f"{','.join(local_stack.SERVICES)} (default: {default or 'all'})")
     commands.add_parser("status", help="which local servers run, and where")
     commands.add_parser("deploy", help="register prefect.yaml's deployments on the stack's Prefect server")
+    claims = commands.add_parser("claims", help="run the claims experiments, write their report and the "
+                                 "README's claims section")
+    claims.add_argument("configs", nargs="?", default="configs/claims", help="a folder of experiment YAMLs, or one")
+    claims.add_argument("--report-only", action="store_true",
+                        help="measure the claims from MLflow without running any grid")
+    claims.add_argument("--readme", default=str(PROJECT_ROOT / "README.md"),
+                        help="README whose claims section is regenerated ('' to leave it)")
     return top
 
 
@@ -158,7 +166,22 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
                           cwd=PROJECT_ROOT, env=env).returncode
 
 
-_COMMANDS = {"run": _run, "results": _results, "ui": _ui, "up": _up, "down": _down,
+def _claims(args: argparse.Namespace, settings: Settings) -> int:
+    use_stack(LocalStack.from_env(settings))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    from flows import benchmark_refresh  # prefect, ray and torch: only the command that needs them
+    from infra.evaluate.claims_report import splice
+
+    code = benchmark_refresh.main([args.configs, *(["--report-only"] if args.report_only else [])])
+    report = Path(benchmark_refresh.REPORT)
+    if code != 2 and args.readme and report.is_file():
+        readme = Path(args.readme)
+        readme.write_text(splice(readme.read_text(), report.read_text()))
+        print(f"{report} and the claims section of {readme} regenerated")
+    return code
+
+
+_COMMANDS = {"claims": _claims, "run": _run, "results": _results, "ui": _ui, "up": _up, "down": _down,
              "status": _status, "deploy": _deploy}
 
 

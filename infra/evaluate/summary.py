@@ -40,21 +40,26 @@ def on_test(gate_metric: str) -> str:
 def statistic_on_test(ref: DatasetRef, gate_metric: str) -> tuple[tuple[str, ...], Statistic]:
     """The splits on_test(gate_metric) is computed on, and how, as evaluation.task_metrics
     computes it: one split ("test"), or the mean over a cross-lingual task's test languages."""
-    name = gate_metric.removeprefix("dev_")
     members: tuple[str, ...] = ("test",)
-    if name.startswith("avg_"):
-        name = name.removeprefix("avg_")
+    if gate_metric.removeprefix("dev_").startswith("avg_"):
         members = tuple(s for s, _ in ref.languages if s.split("_")[0] == "test")
+    return members, test_statistic(gate_metric, ref.score, members)
+
+
+def test_statistic(gate_metric: str, score: tuple[str, ...], members: tuple[str, ...]) -> Statistic:
+    """on_test(gate_metric) of a model's predictions on `members` (their mean); `score`: the
+    metrics a task's `score` averages (DatasetRef.score)."""
+    name = gate_metric.removeprefix("dev_").removeprefix("avg_")
 
     def one(pred: np.ndarray, gold: np.ndarray) -> float:
         if name == "score":
-            return metrics.compute(pred, gold, ref.score, ref.score)["score"]
+            return metrics.compute(pred, gold, score, score)["score"]
         return metrics.METRICS[name](pred, gold)
 
     def statistic(splits: Splits) -> float:
         return sum(one(*splits[s]) for s in members) / len(members)
 
-    return members, statistic
+    return statistic
 
 
 def splits_from_table(table: pa.Table, members: tuple[str, ...]) -> Splits:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from infra.data import benchmarks
 from infra.train.loop import LRSchedule, Precision
+from infra.experiment.claims import ClaimSpec, check_claims, grid_rows
 from pruning.methods import MethodName, method_options
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -176,6 +177,9 @@ class DistilSpec(Frozen):
     task_texts: bool = True
     corpus: tuple[CorpusSource, ...] = (CorpusSource(),)
     max_texts: PositiveInt | None = 20000
+    # Texts longer than model.max_length: split into model-length pieces (every piece a training
+    # example) rather than cut at max_length. `max_texts` counts texts before the split.
+    chunk: bool = Field(default=False, exclude_if=lambda v: v is False)
 
 
 class GridSpec(Frozen):
@@ -301,6 +305,13 @@ class ExperimentConfig(Frozen):
     compute: ComputeSpec = ComputeSpec()
     evaluation: EvalSpec = EvalSpec()
     registry: RegistrySpec = RegistrySpec()
+    # What the experiment is run to show (infra/experiment/claims.py); the claims report reads it.
+    claims: tuple[ClaimSpec, ...] = Field(default=(), exclude_if=lambda v: not v)
+
+    @model_validator(mode="after")
+    def _claims_name_rows(self) -> "ExperimentConfig":
+        check_claims(self.claims, grid_rows(self.grid.methods, self.grid.sparsities, self.grid.options))
+        return self
 
     @model_validator(mode="after")
     def _unique_tasks(self) -> "ExperimentConfig":

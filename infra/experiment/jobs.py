@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from infra.evaluate import evaluation, summary, tradeoff
+from infra.evaluate import claims_report, evaluation, summary, tradeoff
 from infra.evaluate.stats import Splits
 from infra.experiment import paths
 from infra.track import registry
@@ -33,6 +33,8 @@ from infra.track.tracking import ModelRef
 # Each evaluated model's predictions on every evaluated split, an artifact of its run
 # (evaluation.predictions_table's columns): what the paired statistics of the seed table read.
 PREDICTIONS = "predictions.parquet"
+# Per task, the grid's evaluated models (teacher first) on the grid's parent run: the claims report's input.
+RECORDS = "records-{task}.json"
 
 
 @dataclass(frozen=True)
@@ -231,12 +233,17 @@ def _predictions(uri: str, records: list[EvalRecord], members: tuple[str, ...]) 
 def summarise(task: str, records: list[EvalRecord], promotion: Promotion, dataset: DatasetRef,
               ctx: GridContext, metric: str, max_drop: float) -> TaskSummary:
     """Put a task's trade-off on the grid's parent run: the figure, and the rows' means as
-    metrics; return its seed table. `records`: the teacher's and every grid model's;
+    metrics; return its seed table. `records`: the teacher's first, then every grid model's;
     `metric`: the dev metric the gate compares."""
     members, statistic = summary.statistic_on_test(dataset, metric)
     predictions = _predictions(ctx.tracking_uri, records, members)
     table = summary.seed_frame(task, records, metric, dict(promotion.aliases), dict(promotion.versions),
                                predictions, statistic)
+    # What the claims report reads back (infra/evaluate/claims_report.py): the models and how
+    # the gate metric is computed on their predictions.
+    tracking.log_text(ctx.tracking_uri, ctx.parent_run_id,
+                      claims_report.records_json(task, records[0], records[1:], dataset, metric, members),
+                      RECORDS.format(task=task))
     figure = f"tradeoff-{task}.png"
     tracking.log_figure(ctx.tracking_uri, ctx.parent_run_id,
                         tradeoff.draw(tradeoff.figure_data(table, max_drop)), figure)

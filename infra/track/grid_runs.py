@@ -62,3 +62,39 @@ def latest_results(uri: str, experiment: str | None = None, *, look_back: int = 
         raise tracking.TrackingError(f"no grid run in {where} yet; run one: prunegrid run CONFIG")
     raise tracking.TrackingError(f"none of the newest {len(runs)} grid run(s) in {where} holds a results "
                                  "table (each stopped before its end; its error tag says why)")
+
+
+@dataclass(frozen=True)
+class GridArtifacts:
+    """The newest finished grid run of one experiment config, and some of its text artifacts."""
+
+    run_id: str
+    status: str
+    wall_seconds: float  # the grid run's start to end (a refresh that resumed: its last attempt)
+    url: str
+    texts: dict[str, str]  # artifact file -> contents
+
+
+def finished_grid(uri: str, experiment: str, config_hash: str, prefix: str) -> GridArtifacts:
+    """The newest grid run of `experiment` with this config hash that ended and logged files
+    starting with `prefix`, with those files; TrackingError saying what is missing otherwise."""
+    mlflow = tracking.client(uri)
+    runs = mlflow.search_runs([experiment_id(uri, experiment)],
+                              f"tags.{tracking.ROLE_TAG} = '{tracking.GRID_ROLE}' and "
+                              f"tags.config_hash = '{config_hash}'", order_by=["attributes.start_time DESC"])
+    for run in runs:
+        files = [f.path for f in mlflow.list_artifacts(run.info.run_id) if f.path.startswith(prefix)]
+        if not files or run.info.end_time is None:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            texts = {f: tracking.download_artifact(uri, run.info.run_id, f, Path(tmp)).read_text() for f in files}
+        return GridArtifacts(run.info.run_id, run.info.status, (run.info.end_time - run.info.start_time) / 1000,
+                             tracking.runs_url(uri, run.info.experiment_id, run.info.run_id), texts)
+    raise tracking.TrackingError(f"experiment {experiment!r} has no finished grid run of this config "
+                                 f"(config_hash {config_hash}) that logged {prefix}*; run it first: "
+                                 f"prunegrid run <its config>")
+
+
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    """A run's metrics, latest value of each (a job run's: its recovery summary among them)."""
+    return dict(tracking.client(uri).get_run(run_id).data.metrics)
