@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import claims
+from bench import common
 from infra import data
 from infra.experiment import paths
 from infra.experiment.settings import Settings
@@ -99,10 +98,10 @@ def time_rounds(runners: dict[str, Runner], batch: Batch, updater: PruningMethod
     return {name: t[WARM_UP_ROUNDS:] for name, t in times.items()}
 
 
-def run_step_time(setup: claims.Setup, repeats: int, log, sparsity: float = 0.9) -> dict:
+def run_step_time(setup: common.Setup, repeats: int, log, sparsity: float = 0.9) -> dict:
     """Per-round step times of every runner on one batch, and their paired ratios."""
     spec, total = setup.cfg.prune, 300
-    base = claims.pretrained_model(setup, seed=0)
+    base = common.pretrained_model(setup, seed=0)
     pad = getattr(base.config, "pad_token_id", 0) or 0
     batch = next(data.batches(data.read_split(setup.ref, "train"), spec.batch_size, shuffle=False,
                               seed=0, pad_token_id=pad, drop_last=True))
@@ -159,15 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    log = claims.stamped_log(started)
+    log = common.stamped_log(started)
 
-    scale = {"train": None, "eval": None}  # the config's own data: the batch is its first 32
-    setup = claims.prepare(args.config, scale, paths.bench_dir(Settings.from_env().home), args.threads)
+    # the config's own data: the batch is its first 32
+    setup = common.prepare(args.config, paths.bench_dir(Settings.from_env().home), args.threads)
     result = run_step_time(setup, args.repeats, log, args.sparsity)
     result["command"] = "python -m bench.steptime " + " ".join(argv or [])
     result["data_hash"] = setup.ref.content_hash
     text = markdown(result)
-    claims.write_results(args.out, result, text, log)
+    common.write_results(args.out, result, text, log)
     return 0
 
 
