@@ -7,15 +7,13 @@ measured on the embedded default (configs/demo.yaml: MiniLM, 2,000 training sent
    (hidden states, attention scores, logits) over the train split, built by
    infra.train.teacher_cache as a job builds them (float16 per-token outputs, the default): size,
    build time, and the loss on one batch with the cache against the live teacher.
-2. Step time over a dense step on the claims benchmark's batch (the split's first 32 examples,
+2. Step time over a dense step on bench/steptime.py's batch (the split's first 32 examples,
    unshuffled): GMP (what the masks alone cost), SDP and SparseBERT with the live teacher and
    with the cache (reading the batch's outputs counts in the step), each step through
    infra.train.loop.train_step, all methods interleaved within a round; the ratio is the median
    of per-round ratios (a busy moment on a shared machine slows a whole round alike).
 3. Length buckets: padded tokens of epoch 0 (seed 0) with and without, and the wall time of the
    first `steps` dense steps of each, interleaved; real (unpadded) tokens per second.
-4. With --accuracy-seeds: the teacher's fine-tuning with and without buckets, dev and test
-   accuracy per seed (kept from the results file when not re-run).
 Writes bench/results/cache.json and cache.md. The SparseBERT cache (about 1.9 GB) is removed at
 the end unless --keep.
 """
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import shutil
 import statistics
@@ -33,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench import claims
+from bench import common
 from infra import data
 from infra.experiment import paths
 from infra.experiment.settings import Settings
@@ -41,15 +38,15 @@ from infra.train import loop, teacher_cache
 from pruning.methods import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
-SPARSITY = 0.9  # the step is timed at the final sparsity, as the claims benchmark does
+SPARSITY = 0.9  # the step is timed at the final sparsity, as bench/steptime.py does
 TOTAL = 300  # the methods' schedule length; steps past it update no masks
 TARGETS = {"sdp_cached_over_dense": 1.05, "gmp_over_dense": 1.05}
 
 
-def build_runners(setup: claims.Setup, root: Path, log) -> tuple[dict, dict]:
+def build_runners(setup: common.Setup, root: Path, log) -> tuple[dict, dict]:
     """name -> (method, optimizer, cache or None) for dense, gmp (the masks' own cost), sdp and
     sparsebert (live and cached), and per cached method what its cache holds."""
-    base = claims.pretrained_model(setup, seed=0)
+    base = common.pretrained_model(setup, seed=0)
     table = data.read_split(setup.ref, "train")
     runners, caches = {}, {}
     for name, method_name, cached in (("dense", "dense", False), ("gmp", "gmp", False), ("sdp", "sdp", False),
@@ -113,13 +110,13 @@ def time_steps(runners: dict, batch: dict, repeats: int, log) -> dict:
             "ratios": ratios, "rounds": repeats, "batch_shape": list(batch["input_ids"].shape)}
 
 
-def time_buckets(setup: claims.Setup, steps: int, log) -> dict:
+def time_buckets(setup: common.Setup, steps: int, log) -> dict:
     """Padded tokens per epoch and real tokens per second of dense steps, bucketed vs not."""
     table = data.read_split(setup.ref, "train")
     batch_size = setup.cfg.prune.batch_size
     epochs = {b: list(data.batches(table, batch_size, shuffle=True, seed=0, epoch=0, drop_last=True,
                                    length_buckets=b)) for b in (False, True)}
-    base = claims.pretrained_model(setup, seed=0)
+    base = common.pretrained_model(setup, seed=0)
     methods = {b: build_method("dense", copy.deepcopy(base).train(), total_steps=TOTAL, final_sparsity=0.0)
                for b in (False, True)}
     optimizers = {b: torch.optim.AdamW(loop.param_groups(m.module, 0.01), lr=1e-6)
@@ -146,51 +143,6 @@ def time_buckets(setup: claims.Setup, steps: int, log) -> dict:
                                   / out["plain"]["padded_tokens_per_epoch"])
     out["real_tokens_per_s_gain"] = out["bucketed"]["real_tokens_per_s"] / out["plain"]["real_tokens_per_s"]
     return out
-
-
-def bucket_accuracy(setup: claims.Setup, seeds: list[int], log) -> dict:
-    """Dev and test accuracy of the config's teacher fine-tuning (dense, `teacher:`) with and
-    without length buckets, per seed, trained through infra.train.loop.fit."""
-    spec, table = setup.cfg.teacher, data.read_split(setup.ref, "train")
-    per_epoch, total = data.num_batches(table, spec.batch_size, drop_last=True), claims.steps_of(table, spec)
-    runs = []
-    for seed in seeds:
-        for bucketed in (False, True):
-            method = build_method("dense", claims.pretrained_model(setup, seed), total_steps=total,
-                                  final_sparsity=0.0)
-            optimizer = loop.make_optimizer(method.module, learning_rate=spec.learning_rate,
-                                            weight_decay=spec.weight_decay)
-            scheduler = loop.make_scheduler(optimizer, total_steps=total,
-                                            warmup_fraction=spec.warmup_fraction)
-            stream = loop.stream_epochs(lambda e, s=seed, b=bucketed: data.batches(
-                table, spec.batch_size, shuffle=True, seed=s, epoch=e, drop_last=True, length_buckets=b),
-                start=0, batches_per_epoch=per_epoch)
-            torch.manual_seed(seed)  # dropout
-            began = time.perf_counter()
-            loop.fit(method, method.module, stream, steps=total, optimizer=optimizer, scheduler=scheduler,
-                     max_grad_norm=spec.max_grad_norm)
-            metrics = claims.evaluate(setup, method.student, f"bucket-accuracy-{seed}-{int(bucketed)}")
-            runs.append({"seed": seed, "bucketed": bucketed, "train_s": time.perf_counter() - began,
-                         "dev_accuracy": metrics["dev_accuracy"], "test_accuracy": metrics["test_accuracy"]})
-            log(f"accuracy run {runs[-1]}")
-    return {"runs": runs, "data_hash": setup.ref.content_hash, "sizes": dict(setup.ref.sizes)}
-
-
-def _accuracy_lines(acc: dict) -> list[str]:
-    lines = ["## Accuracy with and without buckets (the teacher's fine-tuning, dense)", "",
-             "| seed | dev plain | dev bucketed | test plain | test bucketed |", "|---|---|---|---|---|"]
-    by = {(r["seed"], r["bucketed"]): r for r in acc["runs"]}
-    seeds = sorted({r["seed"] for r in acc["runs"]})
-    for seed in seeds:
-        p, b = by[seed, False], by[seed, True]
-        lines.append(f"| {seed} | {p['dev_accuracy']:.4f} | {b['dev_accuracy']:.4f} | "
-                     f"{p['test_accuracy']:.4f} | {b['test_accuracy']:.4f} |")
-    lines.append("")
-    for split in ("dev", "test"):
-        diff = statistics.fmean(by[s, True][f"{split}_accuracy"] - by[s, False][f"{split}_accuracy"]
-                                for s in seeds)
-        lines.append(f"Mean {split} difference (bucketed - plain): {100 * diff:+.2f} points.")
-    return lines + ["", f"Data {acc['data_hash'][:12]}, sizes {acc['sizes']}; {acc['command']}.", ""]
 
 
 def markdown(r: dict) -> str:
@@ -229,8 +181,6 @@ def markdown(r: dict) -> str:
               f"second x{buckets['real_tokens_per_s_gain']:.2f} (first {buckets['plain']['timed_steps']} "
               f"steps of each order, interleaved; {buckets['plain']['real_tokens_per_epoch']} real tokens "
               "per epoch).", ""]
-    if "accuracy" in r:
-        lines += _accuracy_lines(r["accuracy"])
     return "\n".join(lines)
 
 
@@ -242,20 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the caches in the bench scratch")
-    parser.add_argument("--accuracy-seeds", type=int, nargs="*", default=[],
-                        help="also fine-tune the teacher with and without buckets per seed (~1 h on "
-                             "2 busy cores for 3 seeds); else the file's earlier accuracy part is kept")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/cache.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = paths.bench_dir(Settings.from_env().home, "cache")
     started = time.perf_counter()
 
-    log = claims.stamped_log(started)
+    log = common.stamped_log(started)
 
     results = {"command": "python -m bench.cache " + " ".join(argv or []), "threads": args.threads,
                "load_before": [round(x, 1) for x in os.getloadavg()]}
-    setup = claims.prepare(args.config, claims.SCALES["full"], work, args.threads)
+    setup = common.prepare(args.config, work, args.threads)
     root = paths.teacher_outputs_dir(work)
     runners, results["caches"] = build_runners(setup, root, log)
     batch = next(data.batches(data.read_split(setup.ref, "train"), setup.cfg.prune.batch_size, shuffle=False,
@@ -263,16 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     results["same_loss"] = same_loss(runners, batch)
     results["step_time"] = time_steps(runners, batch, args.repeats, log)
     results["buckets"] = time_buckets(setup, args.steps, log)
-    if args.accuracy_seeds:
-        accuracy = bucket_accuracy(setup, args.accuracy_seeds, log)
-        results["accuracy"] = accuracy | {"command": f"`{results['command']}`"}
-    elif args.out.is_file() and "accuracy" in (earlier := json.loads(args.out.read_text())):
-        results["accuracy"] = earlier["accuracy"]
     results["load_after"] = [round(x, 1) for x in os.getloadavg()]
     results["wall_s"] = round(time.perf_counter() - started, 1)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
-    claims.write_results(args.out, results, markdown(results), log)
+    common.write_results(args.out, results, markdown(results), log)
     return 0
 
 
