@@ -217,8 +217,8 @@ class ComputeSpec(Frozen):
     # "bf16": forward passes and losses under bf16 autocast (CPU and CUDA), weights, optimizer
     # and checkpoints in fp32; a CPU without native bf16 trains in fp32 and says so once.
     # Evaluation runs as before, in fp32. The default: a MiniLM step takes 0.47x the time of
-    # fp32 here, and the demo's teacher reached the same dev and test accuracy
-    # (bench/results/steptime.md, precision.md). "fp32" keeps the job ids of earlier runs.
+    # fp32 here (bench/results/steptime.md), and the demo's teacher reached the same dev and
+    # test accuracy (commit 432f0b9). "fp32" keeps the job ids of earlier runs.
     precision: Precision = "bf16"
     # A frozen teacher's per-example outputs (SDP's frozen copy, SparseBERT's teacher) are
     # computed once per teacher and train split and stored under <home>/teacher_outputs/, up
