@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +37,10 @@ Handle = TypeVar("Handle")
 # What a worker needs to log to an MLflow server with authentication, and nobody else may read.
 SECRET_ENV: tuple[str, ...] = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                                "MLFLOW_TRACKING_TOKEN")
+
+
+# Set by `stop_jobs`: this driver is going (Ctrl-C, a cancelled flow run). Threads' jobs read it.
+_STOPPING = threading.Event()
 
 
 class ClusterError(RuntimeError):
@@ -71,6 +77,16 @@ def take_secrets(ref: ray.ObjectRef | None) -> None:
         os.environ.update(ray.get(ref))  # ray: fetch the driver's object
 
 
+_OWN_ADDRESS = "PRUNEGRID_OWN_RAY_ADDRESS"  # the address connect() exported for the cluster it started
+_GCS_PORT = "RAY_GCS_SERVER_PORT"  # read by ray.init when it starts a local cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def connect(settings: Settings, num_cpus: int | None = None) -> bool:
     """Make sure this process is a Ray driver; True when this call started Ray."""
     if ray.is_initialized():
@@ -90,9 +106,20 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
         else:
             ensure_bootstrap_file()
             _single_machine()
-            ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
-                     dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=True,
-                     logging_level=level)
+            # Ray's own actors (Ray Train's placement-group cleaner) and state calls find "the"
+            # cluster by scanning the machine, which fails beside another Ray (another
+            # experiment, a test). So the cluster gets a port chosen here and every worker,
+            # and this driver until disconnect(), its address.
+            address = f"127.0.0.1:{_free_port()}"
+            runtime_env["env_vars"]["RAY_ADDRESS"] = address
+            os.environ[_GCS_PORT] = address.rsplit(":", 1)[1]
+            try:
+                ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=True,
+                         dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=True,
+                         logging_level=level)
+            finally:
+                os.environ.pop(_GCS_PORT, None)
+            os.environ[_OWN_ADDRESS] = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = settings.ray_address or "a local cluster"
         raise ClusterError(f"cannot start or join Ray at {where}: {error}; "
@@ -195,3 +222,24 @@ def disconnect(started: bool) -> None:
     """Shut Ray down if this process started it."""
     if started and ray.is_initialized():
         ray.shutdown()
+    if started and os.environ.get("RAY_ADDRESS") == os.environ.pop(_OWN_ADDRESS, None):
+        os.environ.pop("RAY_ADDRESS", None)
+
+
+def stop_jobs() -> None:
+    """This driver is stopping (Ctrl-C, a cancelled flow run): leave Ray now, also a cluster it
+    joined, and start nothing on it again. Leaving ends the Ray Train controllers this driver
+    owns, and with them their workers; a job's `fit` then returns with an error (see `stopping`).
+    """
+    from ray._private import auto_init_hook  # private, hence tests/integration/test_stop.py
+
+    _STOPPING.set()
+    # Any Ray call after shutdown would start a fresh local cluster, left behind at exit.
+    auto_init_hook.enable_auto_connect = False
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def stopping() -> bool:
+    """Whether `stop_jobs` was called: a job that ends now was stopped, not failed."""
+    return _STOPPING.is_set()

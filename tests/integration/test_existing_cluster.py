@@ -144,3 +144,32 @@ def test_a_killed_driver_resumes_unfinished_jobs_and_a_rerun_comes_from_cache(
     grid_runs = client(mlflow_server.url).search_runs(
         [client(mlflow_server.url).get_experiment_by_name("resume").experiment_id], "tags.role = 'grid'")
     assert sorted(r.info.status for r in grid_runs) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+PROBE = """
+import ray
+from ray.util.state import list_nodes
+from infra.experiment.settings import Settings
+from infra.train import cluster
+
+started = cluster.connect(Settings.from_env())
+
+@ray.remote(num_cpus=0)
+def nodes_seen_from_a_worker() -> int:  # what Ray Train's placement-group cleaner actor does
+    return len(list_nodes())
+
+print("worker", ray.get(nodes_seen_from_a_worker.remote()), "driver", len(list_nodes()), flush=True)
+cluster.disconnect(started)
+"""
+
+
+def test_the_flows_own_cluster_is_found_beside_another_ray_on_the_machine(ray_cluster, tmp_path) -> None:
+    # Another Ray runs on this machine (ray_cluster: another experiment, a user's cluster); the
+    # driver starts its own. Ray's state API, as Ray Train's own actors call it, must find ours.
+    env = {k: v for k, v in flow_env(tmp_path / "home", "").items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="pgo-", dir="/tmp")
+    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-4000:]
+    assert "worker 1 driver 1" in probe.stdout  # our one-node cluster, not the other one
