@@ -203,17 +203,6 @@ def close_interrupted_runs(uri: str, experiment_id: str, tag: str, value: str) -
     return [run.info.run_id for run in stale]
 
 
-class StepLogger:
-    """Training-curve logging from a worker (rank 0) into an existing run."""
-
-    def __init__(self, uri: str | None, run_id: str | None):
-        self._uri, self._run_id = uri, run_id
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self._uri and self._run_id:
-            log_metrics(self._uri, self._run_id, metrics, step=step)
-
-
 def latest_grid_url(uri: str) -> str:
     """The UI page of the newest grid run on the server, in any experiment (the server's
     address when it holds none)."""

@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from infra import data
 from infra.models import pretrained
-from infra.track import tracking
+from infra.track.steps import StepLogger
 from infra.train import checkpoints, cluster, console, loop
 from infra.train.job import JobArgs, TrainingError, build_job, cache_teacher_outputs
 from infra.train.teacher_cache import TeacherCache
@@ -47,6 +47,11 @@ def timing_path(out_dir: Path) -> Path:
 def recovery_path(out_dir: Path) -> Path:
     """Where run_job leaves a job's recovery curve: beside its model folder, not inside it."""
     return out_dir.with_name(out_dir.name + ".recovery.json")
+
+
+# Step metrics the tracking server had not taken when a checkpoint was written (it was away):
+# a restarted attempt sends them again, so a worker lost during a server outage loses none.
+UNSENT_METRICS = "unsent_metrics.json"
 
 
 def _save_recovery(folder: Path, method: PruningMethod) -> None:
@@ -81,6 +86,7 @@ class _Worker:
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     tokenizer_source: str
+    logger: StepLogger | None = None  # rank 0's step metrics (None on the other ranks)
     started: float = field(default_factory=time.perf_counter)
     checkpoint_s: float = 0.0  # time spent writing and persisting checkpoints so far
 
@@ -93,6 +99,8 @@ def _resume(worker: _Worker) -> int:
         where = checkpoints.load(Path(folder), module=worker.method.module, method=worker.method,
                                  optimizer=worker.optimizer, scheduler=worker.scheduler,
                                  batches_per_epoch=worker.per_epoch, world_size=worker.world)
+        if worker.logger and (unsent := Path(folder) / UNSENT_METRICS).is_file():
+            worker.logger.requeue(json.loads(unsent.read_text()))
     if worker.rank == 0:
         print(f"[{worker.args.job_id}] resumed from step {where.step} (epoch {where.epoch}, "
               f"batch {where.batch})", flush=True)
@@ -120,10 +128,11 @@ def train_loop(config: dict) -> None:
                                     weight_decay=args.weight_decay)
     scheduler = loop.make_scheduler(optimizer, total_steps=total_steps, warmup_fraction=args.warmup_fraction,
                                     schedule=args.lr_schedule, min_lr_fraction=args.min_lr_fraction)
-    worker = _Worker(args, rank, world, per_epoch, total_steps, method, optimizer, scheduler, source)
+    logger = StepLogger(args.tracking_uri, args.mlflow_run_id) if rank == 0 else None
+    worker = _Worker(args, rank, world, per_epoch, total_steps, method, optimizer, scheduler, source,
+                     logger)
 
     first_step = _resume(worker)
-    logger = tracking.StepLogger(args.tracking_uri, args.mlflow_run_id) if rank == 0 else None
     device = next(method.student.parameters()).device
     precision = loop.resolve_precision(args.precision, device)  # fp32 where bf16 is not native
     pad_id = getattr(method.student.config, "pad_token_id", 0) or 0
@@ -142,6 +151,10 @@ def train_loop(config: dict) -> None:
             logger.log(step, {"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0], **logs})
             name = console.job_name(args.method, args.sparsity, args.stage)
             print(console.job_line(name, args.job_id, step, total_steps, loss.item(), rate), flush=True)
+        if logger and step == total_steps:
+            # Every step metric on the server (a bounded wait if it is away) before the final
+            # checkpoint ends the job: a rerun restores that checkpoint and logs nothing again.
+            logger.close()
         if step % args.checkpoint_every == 0 or step == total_steps:
             _report(worker, step, loss.item(), final=step == total_steps)
 
@@ -154,6 +167,8 @@ def train_loop(config: dict) -> None:
                     job=args.job_id, precision=precision)
     if done == first_step:
         # Restored from a finished run (a rerun of the same job): hand back its final model.
+        if logger:
+            logger.close()  # points an earlier attempt left unsent in that checkpoint
         _report(worker, done, float("nan"), final=True)
 
 
@@ -187,6 +202,8 @@ def _report(worker: _Worker, step: int, loss: float, *, final: bool) -> None:
         where = checkpoints.position(step, worker.per_epoch, worker.world, sums)
         checkpoints.save(folder, module=worker.method.module, method_state=worker.method.state_dict(),
                          optimizer=worker.optimizer, scheduler=worker.scheduler, where=where)
+        if worker.logger and (unsent := worker.logger.pending()):
+            (folder / UNSENT_METRICS).write_text(json.dumps(unsent))
         if final:  # the method's final model: the student, or its sliced export
             pretrained.save_model(worker.method.export(),
                                   pretrained.load_tokenizer(worker.tokenizer_source), folder / "model")
