@@ -7,6 +7,7 @@ configs/demo.yaml`, or as the Prefect deployment `prune-grid/prune-grid` (prefec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -17,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.cli import tracking_uri
 from infra.data import DataError
 from infra.evaluate import report
-from infra.experiment import preflight
+from infra.experiment import locks, preflight
 from infra.experiment.config import ConfigError, ExperimentConfig, TaskSpec, load_config
 from infra.experiment.grid import distil_job, expand_grid, teacher_job
 from infra.experiment.settings import Settings, apply_offline_env
@@ -40,6 +41,13 @@ def prune_grid(config: str = "configs/demo.yaml") -> list[dict]:
     """Prepare data, fine-tune the teacher, prune the grid, evaluate, register and promote."""
     cfg = load_config(config)  # a bad config stops here, before any work
     settings = Settings.from_env()
+    # One driver per experiment, for the flow's life: a second one stops here, naming the first,
+    # before it could close the first one's MLflow runs or share its checkpoint folders.
+    with locks.hold(settings.home, cfg.name):
+        return _grid(cfg, config, settings)
+
+
+def _grid(cfg: ExperimentConfig, config: str, settings: Settings) -> list[dict]:
     apply_offline_env(settings.allow_hub)
     console.quiet_driver(console.is_verbose())
     ctx = open_grid(cfg, config, tracking_uri(settings))
@@ -108,14 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[console.VERBOSE_ENV] = "1"  # Ray workers started from here inherit it
     settings = Settings.from_env()
     apply_offline_env(settings.allow_hub)  # before Prefect starts its API
-    try:
-        # A user's mistake stops here, before Prefect, Ray or MLflow start, in one line.
-        preflight.check(load_config(args.config), None, settings.allow_hub)
-        check_reachable(tracking_uri(settings))
-    except (ConfigError, DataError, ModelError, TrackingError, StackError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    state = prune_grid(args.config, return_state=True)
+    with contextlib.ExitStack() as held:
+        try:
+            # A user's mistake stops here, before Prefect, Ray or MLflow start, in one line;
+            # so does a second driver of the experiment (the lock lasts till the flow's end).
+            cfg = load_config(args.config)
+            preflight.check(cfg, None, settings.allow_hub)
+            held.enter_context(locks.hold(settings.home, cfg.name))
+            check_reachable(tracking_uri(settings))
+        except (ConfigError, DataError, ModelError, TrackingError, StackError,
+                locks.ExperimentBusy) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        state = prune_grid(args.config, return_state=True)
     if not state.is_completed():
         print(f"error: prune-grid did not complete: {state.message}", file=sys.stderr)
         return 1

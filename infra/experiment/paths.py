@@ -8,6 +8,7 @@
     <home>/results/                         cached task results (tasks.cache)
     <home>/teacher_outputs/<data hash12>-<hash12>/  a frozen teacher's outputs per example (infra.train.teacher_cache)
     <home>/stack/                           the local servers' pids, logs and stores (infra.stack)
+    <home>/locks/<experiment>.lock          the lock of the driver running an experiment (infra.experiment.locks)
     <home>/bench/, <home>/bench-<name>/     the benchmarks' scratch (bench/), with its own data/, models/
 
 A home written by an earlier version keeps working: these names must not change. Paths
@@ -42,6 +43,11 @@ def results_dir(home: str | Path) -> Path:
 def stack_dir(home: str | Path) -> Path:
     """The local servers' files (infra.stack.local_stack)."""
     return Path(home) / "stack"
+
+
+def locks_dir(home: str | Path) -> Path:
+    """One lock file per experiment, held by the driver that runs it."""
+    return Path(home) / "locks"
 
 
 def teacher_outputs_dir(home: str | Path) -> Path:

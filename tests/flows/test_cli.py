@@ -7,12 +7,14 @@ A mistake found only once training runs (a NaN loss) is in tests/integration/tes
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from flows.prune_grid import main
-from tests.integration.helpers import TINY, flow_env, write_config
+from tests.integration.helpers import ROOT, TINY, flow_env, write_config
 
 # Nothing listens on the discard port: a preflight that let a mistake through would stop at the
 # tracking check (a different error) instead of starting the flow.
@@ -82,4 +84,24 @@ def test_an_unreachable_tracking_server_is_named(tmp_path, capsys, monkeypatch) 
     code, out, home = _main(tmp_path, config, UNREACHABLE, capsys, monkeypatch)
     assert code == 2
     assert f"MLflow server {UNREACHABLE} is unreachable" in out
+    assert _nothing_trained(home)
+
+
+def test_a_second_driver_of_the_experiment_is_refused_naming_the_first(tmp_path, capsys,
+                                                                       monkeypatch) -> None:
+    config = write_config(tmp_path, "busy", lambda d: None)
+    home = tmp_path / "home"
+    home.mkdir()
+    holder = subprocess.Popen(  # the first driver, still running
+        [sys.executable, "-c", "import sys, time\nfrom infra.experiment import locks\n"
+         "with locks.hold(sys.argv[1], 'busy'):\n    print('held', flush=True)\n    time.sleep(300)\n",
+         str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, out, home = _main(tmp_path, config, UNREACHABLE, capsys, monkeypatch)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2  # before the tracking check: the same unreachable server is not named
+    assert f"experiment 'busy' is already running: pid {holder.pid}" in out
     assert _nothing_trained(home)
