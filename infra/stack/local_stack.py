@@ -4,6 +4,8 @@ Used by `make up/down/ui/demo` and the integration tests. Each service keeps thr
 the stack folder (default `<PRUNEGRID_HOME>/stack/`): `<name>.pid`, `<name>.log` and
 `<name>.json` (port, url, pid, process start time). Services run in their own session so they
 outlive the command that started them, and are stopped as a whole process group.
+Starts and stops of one folder take turns (an flock on `stack.lock`), so two `make up` at once
+leave one server of each kind.
 How a process is started and stopped: infra.stack.processes; what each service runs and
 when it is ready: infra.stack.services.
 
@@ -15,12 +17,14 @@ when it is ready: infra.stack.services.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from infra.experiment import paths
@@ -94,14 +98,16 @@ class LocalStack:
         wanted = set(_check_names(names))
         if "prefect-worker" in wanted:
             wanted.add("prefect-server")  # a worker needs its server
-        return {name: self._up_one(name) for name in SERVICES if name in wanted}
+        with self._one_at_a_time():
+            return {name: self._up_one(name) for name in SERVICES if name in wanted}
 
     def down(self, names: Sequence[str] | None = None) -> None:
         """Stop the named services (None: all), worker before server, and remove their files."""
         wanted = SERVICES if names is None else _check_names(names)
-        for name in STOP_ORDER:
-            if name in wanted:
-                self._down_one(name)
+        with self._one_at_a_time():
+            for name in STOP_ORDER:
+                if name in wanted:
+                    self._down_one(name)
 
     def status(self) -> dict[str, ServiceInfo | None]:
         """Each service's info while its process is alive, else None."""
@@ -117,6 +123,19 @@ class LocalStack:
         if ray := running["ray"]:
             env |= services.ray_client_env(ray.port, self.ray_token)
         return env
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self) -> Iterator[None]:
+        """Two `up`s (or an `up` and a `down`) of one stack folder at once take turns: each would
+        find no server and start its own, so the second waits, then finds and reuses the first's.
+        An flock: the kernel drops it when its holder exits, however it exits."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "stack.lock", os.O_RDWR | os.O_CREAT, 0o644)  # servers don't inherit it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     # ---- one service ------------------------------------------------------------------
 

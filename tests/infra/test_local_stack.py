@@ -138,6 +138,43 @@ def test_cli_up_replaces_a_stale_pid_outlives_the_cli_and_down_leaves_nothing(
         bystander.wait()
 
 
+def _groups_mentioning(text: str) -> set[int]:
+    """Process groups with a live member whose command line holds `text`."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            if entry.name.isdigit() and text in (entry / "cmdline").read_text(errors="replace"):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] not in ("Z", "X"):
+                    groups.add(int(fields[2]))
+    return groups
+
+
+def test_two_ups_at_once_leave_one_server(tmp_path: Path) -> None:
+    """Two `make up` started together: each would find no server and start its own."""
+    home, go = tmp_path / "home", tmp_path / "go"
+    env = {**os.environ, "PRUNEGRID_HOME": str(home), "PRUNEGRID_MLFLOW_PORT": "0"}
+    # Each imports first, then waits for the same moment to run `up`.
+    code = ("import pathlib, sys, time\nfrom infra.stack import local_stack\nprint('ready', flush=True)\n"
+            f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.002)\n"
+            "sys.exit(local_stack.main(['up']))\n")
+    ups = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        assert all(up.stdout is not None and up.stdout.readline().strip() == "ready" for up in ups)
+        go.touch()
+        done = [up.communicate(timeout=300) for up in ups]
+        assert [up.returncode for up in ups] == [0, 0], done
+        pids = {int(line.split("(pid ")[1].split(",")[0]) for out, _ in done for line in out.splitlines()
+                if line.startswith("mlflow")}
+        assert len(pids) == 1, done  # the second `up` reused the first one's server
+        assert _groups_mentioning(str(home / "stack")) == pids  # and started none of its own
+    finally:
+        LocalStack(home / "stack").down()
+        for group in _groups_mentioning(str(home / "stack")):
+            processes.stop_group(group, 5.0)
+
+
 def test_prefect_server_and_worker_come_up_show_in_status_and_stop_worker_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     pool = f"pg-test-{uuid.uuid4().hex[:6]}"
