@@ -87,6 +87,7 @@ class _Worker:
     scheduler: LRScheduler
     tokenizer_source: str
     logger: StepLogger | None = None  # rank 0's step metrics (None on the other ranks)
+    first_step: int = 0  # the step this attempt started at: > 0 after a restart from a checkpoint
     started: float = field(default_factory=time.perf_counter)
     checkpoint_s: float = 0.0  # time spent writing and persisting checkpoints so far
 
@@ -132,7 +133,9 @@ def train_loop(config: dict) -> None:
     worker = _Worker(args, rank, world, per_epoch, total_steps, method, optimizer, scheduler, source,
                      logger)
 
-    first_step = _resume(worker)
+    first_step = worker.first_step = _resume(worker)
+    if logger and 0 < first_step < total_steps:  # the run's record that (and where) it resumed
+        logger.log(first_step, {"resumed_from_step": first_step})
     device = next(method.student.parameters()).device
     precision = loop.resolve_precision(args.precision, device)  # fp32 where bf16 is not native
     pad_id = getattr(method.student.config, "pad_token_id", 0) or 0
@@ -189,7 +192,8 @@ def _report(worker: _Worker, step: int, loss: float, *, final: bool) -> None:
     began = time.perf_counter()
     # Checkpoint cost so far against the loop's time so far (bench/cluster.py reads these).
     metrics = {"step": step, "train_loss": loss, "total_steps": worker.total_steps,
-               "checkpoint_s": worker.checkpoint_s, "loop_s": began - worker.started}
+               "first_step": worker.first_step, "checkpoint_s": worker.checkpoint_s,
+               "loop_s": began - worker.started}
     sums = _mask_checksums(worker.method, worker.world)
     if len(set(sums)) > 1:  # every rank sees the same list, so every rank stops here
         raise TrainingError(f"job {worker.args.job_id}: masks differ across ranks at step {step} "

@@ -1,10 +1,10 @@
 """Failures on a real multi-node Ray cluster (several raylets on loopback, one machine).
 
-(a) a training worker killed mid-job resumes from its checkpoint and ends bit-identical
-to an uninterrupted run; (b) a node removed mid-job: the workers restart on the others
-and finish, with the same masks on every rank; (d) retries exhausted: one clear error
-naming the cause, the job's MLflow run FAILED with it, and no Ray actor left behind (the
-same error fails the job's Prefect task: test_bad_input's NaN run checks that road).
+(a) a training worker killed mid-job resumes from its checkpoint's step (not from 0) and
+ends bit-identical to an uninterrupted run; (b) a node removed mid-job: the workers restart
+on the others and finish, with the same masks on every rank; (d) retries exhausted: one
+clear error naming the cause, the job's MLflow run FAILED with it, and no Ray actor left
+behind (the same error fails the job's Prefect task: test_bad_input's NaN run checks that road).
 """
 
 from __future__ import annotations
@@ -157,6 +157,11 @@ def test_a_killed_worker_resumes_and_ends_bit_identical(cluster, args, tmp_path)
         straight = _run(replace(args, job_id="straight"), tmp_path, "straight", max_failures=0)
         interrupted = future.result(timeout=600)
     assert at.step < _last_position(tmp_path / "ray" / "interrupted").step  # killed mid-job
+    # The attempt that finished began at a checkpoint's step, not at 0: Ray restarted the worker
+    # and it resumed (a fresh seeded run from step 0 would end bit-identical too).
+    resumed = json.loads(ray_job.timing_path(interrupted).read_text())["first_step"]
+    assert resumed >= at.step > 0 and resumed % args.checkpoint_every == 0, resumed
+    assert json.loads(ray_job.timing_path(straight).read_text())["first_step"] == 0
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(interrupted / "model.safetensors"))
     assert a.keys() == b.keys()
