@@ -1,6 +1,6 @@
 """Training jobs on Ray Train: the one module that imports `ray.train`.
 
-`run_job` is the driver side (one TorchTrainer per job); `train_loop` is what each
+`run_job` is the driver side (one TorchTrainer per attempt at a job); `train_loop` is what each
 worker runs: the job built by infra.train.job, trained by infra.train.loop's plain PyTorch
 steps around a `PruningMethod`, plus resuming, logging and checkpoints; the few Ray calls are
 marked `# ray:`. Every method, now and later, plugs in through `build_method` without
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import ray.train  # ray: the Train API (report, checkpoints, context)
 import torch
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch.optim.lr_scheduler import LRScheduler
 
 from infra import data
 from infra.models import pretrained
 from infra.track.steps import StepLogger
-from infra.train import checkpoints, cluster, console, loop
+from infra.train import checkpoints, cluster, console, failures, loop
 from infra.train.job import JobArgs, TrainingError, build_job, cache_teacher_outputs
 from infra.train.teacher_cache import TeacherCache
 from pruning.methods import PruningMethod
@@ -221,48 +221,22 @@ def _report(worker: _Worker, step: int, loss: float, *, final: bool) -> None:
 
 def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: int, use_gpu: bool,
             max_failures: int, storage_path: Path, out_dir: Path) -> Path:
-    """Run one job as a TorchTrainer; copy its final model to `out_dir`; return that folder."""
-    trainer = TorchTrainer(  # ray: one data-parallel worker group per job
-        train_loop_per_worker=train_loop,
-        # Secrets as an object ref: the dashboard shows a run's train_loop_config.
-        train_loop_config=asdict(args) | {"secrets": cluster.share_secrets()},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(
-            # Unique to the job's config and data: a rerun resumes its own checkpoints only.
-            name=run_name,
-            storage_path=str(storage_path),
-            # Worker errors get `max_failures` restarts from the last checkpoint; failures to
-            # start the worker group get a few too, so a job that can never start ends with
-            # its cause instead of retrying forever (Ray's default).
-            failure_config=FailureConfig(max_failures=max_failures,
-                                         controller_failure_limit=max_failures + 2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            # Ray Train's own lines (worker group start, process group, "Checkpoint successfully
-            # created", "Reporting training result") only on a verbose console.
-            logging_config=LoggingConfig(log_level=console.ray_log_level(console.is_verbose())),
-        ),
-    )
-    failure = None
-    # fit() in the main thread installs a SIGINT handler whose closure holds the Ray Train
-    # controller's handle, and Ray keeps an actor alive while a handle exists: put the
-    # previous handler back so the controller exits with its job.
-    main = threading.current_thread() is threading.main_thread()
-    sigint = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        result = trainer.fit()
-    except Exception as error:  # ray: WorkerGroupError / ControllerError when retries run out
-        failure = (f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: "
-                   f"{_root_cause(error)}")
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, sigint)
-    if failure is not None:
-        # Raised outside the except block and without the Ray error chained: a traceback that
-        # reaches the trainer holds its controller's actor handle, and Ray keeps an actor
-        # alive while a handle exists (a failed job must leave nothing running).
-        del trainer
-        raise TrainingError(failure)
+    """Run one job as a TorchTrainer; copy its final model to `out_dir`; return that folder.
+
+    Workers that died get up to `max_failures` restarts from the last checkpoint; a failure that
+    would repeat (infra.train.failures), or the last one, raises TrainingError naming the job
+    and the cause.
+    """
+    for attempt in range(max_failures + 1):
+        # A restart is a new trainer of the same name: Ray Train resumes it from its storage.
+        result, cause, again = _fit(_trainer(args, run_name, num_workers, cpus_per_worker, use_gpu,
+                                             max_failures, storage_path))
+        if result is not None:
+            break
+        if not again or attempt == max_failures:
+            raise TrainingError(f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: {cause}")
+        print(f"[{args.job_id}] restart {attempt + 1}/{max_failures} from the last checkpoint: {cause}",
+              flush=True)
     if result.checkpoint is None:
         raise TrainingError(f"job {args.job_id} finished without a checkpoint")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -285,10 +259,45 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
     return out_dir
 
 
-def _root_cause(error: BaseException) -> str:
-    """The innermost error message, so a NaN loss reads as such and not as 'worker died'."""
-    seen = error
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
-    text = str(seen).strip().splitlines()
-    return text[-1] if text else type(seen).__name__
+def _trainer(args: JobArgs, run_name: str, num_workers: int, cpus_per_worker: int, use_gpu: bool,
+             max_failures: int, storage_path: Path) -> TorchTrainer:
+    return TorchTrainer(  # ray: one data-parallel worker group per job
+        train_loop_per_worker=train_loop,
+        # Secrets as an object ref: the dashboard shows a run's train_loop_config.
+        train_loop_config=asdict(args) | {"secrets": cluster.share_secrets()},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            # Unique to the job's config and data: a rerun resumes its own checkpoints only.
+            name=run_name,
+            storage_path=str(storage_path),
+            # No restart inside Ray: Ray Train restarts after any worker error, a NaN loss too
+            # (run_job decides). Failures to start the worker group get a few, so a job that can
+            # never start ends with its cause instead of retrying forever (Ray's default).
+            failure_config=FailureConfig(max_failures=0, controller_failure_limit=max_failures + 2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's own lines (worker group start, process group, "Checkpoint successfully
+            # created", "Reporting training result") only on a verbose console.
+            logging_config=LoggingConfig(log_level=console.ray_log_level(console.is_verbose())),
+        ),
+    )
+
+
+def _fit(trainer: TorchTrainer) -> tuple[Result | None, str, bool]:
+    """One attempt: its result, or None, the failure's root cause and whether a restart may mend it.
+
+    Only text leaves here, nothing chained: a traceback that reaches the trainer holds its
+    controller's actor handle, and Ray keeps an actor alive while a handle exists (a failed job
+    must leave nothing running).
+    """
+    # fit() in the main thread installs a SIGINT handler whose closure holds the controller's
+    # handle too: put the previous handler back so the controller exits with its job.
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit(), "", False
+    except Exception as error:  # ray: WorkerGroupError / ControllerError
+        return None, failures.root_cause(error), failures.restartable(error)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, sigint)
