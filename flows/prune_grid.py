@@ -24,6 +24,7 @@ from infra.experiment.grid import distil_job, expand_grid, teacher_job
 from infra.experiment.settings import Settings, apply_offline_env
 from infra.models.pretrained import ModelError
 from infra.stack.local_stack import StackError
+from infra.track import tracking
 from infra.track.tracking import TrackingError, check_reachable, runs_url
 from infra.train import cluster, console
 from tasks.grid import close_grid, open_grid, summarise
@@ -51,15 +52,26 @@ def _grid(cfg: ExperimentConfig, config: str, settings: Settings) -> list[dict]:
     apply_offline_env(settings.allow_hub)
     console.quiet_driver(console.is_verbose())
     ctx = open_grid(cfg, config, tracking_uri(settings))
-    started = cluster.connect(settings)
+    with cluster.sigint_blocked():  # a Ray started here leaves Ctrl-C to this driver (stop_jobs)
+        started = cluster.connect(settings)
     try:
         progress = console.GridProgress(total=_job_count(cfg), emit=get_run_logger().info)
         runner = GridRunner.open(ctx, progress)
         parts = [_one_task(cfg, task_spec, runner) for task_spec in cfg.tasks]
         table, seeds = pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts])
-    except BaseException as error:
+    except Exception as error:
         # Whatever already ran stays logged and registered; the grid run says why it stopped.
         close_grid(ctx, "", "", [f"{type(error).__name__}: {error}"])
+        raise
+    except BaseException as error:
+        # Ctrl-C, a cancelled flow run: a job that ends from now on was stopped (KILLED, not
+        # FAILED) and none restarts. The grid's runs end KILLED first (Prefect's worker kills a
+        # cancelled run's processes after a grace period), then Ray's jobs are aborted. No task:
+        # Prefect is stopping too. A rerun resumes the jobs from their checkpoints.
+        cluster.refuse_jobs()
+        tracking.kill_running(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
+                              f"stopped: {type(error).__name__} {error}".strip())
+        cluster.stop_jobs()
         raise
     finally:
         cluster.disconnect(started)
@@ -106,6 +118,16 @@ def _one_task(cfg: ExperimentConfig, task_spec: TaskSpec, runner: GridRunner
                                 dict(promotion.aliases), dict(promotion.versions)), seeds
 
 
+def _start_prefect_api() -> None:
+    """Start Prefect's temporary API server (without PREFECT_API_URL) now, deaf to Ctrl-C: a
+    server gone before the flow has ended its runs leaves the flow minutes of retries to report
+    its end. Prefect stops it at this process's exit."""
+    from prefect.client.orchestration import get_client
+
+    with cluster.sigint_blocked():  # uvicorn installs its own handler: ignoring SIGINT would not do
+        get_client(sync_client=True)  # starts the temporary server when no API URL is set
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.prune_grid", description=__doc__)
     parser.add_argument("config", nargs="?", default="configs/demo.yaml", help="experiment YAML")
@@ -128,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                 locks.ExperimentBusy) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        state = prune_grid(args.config, return_state=True)
+        _start_prefect_api()
+        try:
+            state = prune_grid(args.config, return_state=True)
+        except KeyboardInterrupt:
+            print("error: interrupted: the grid's MLflow runs ended KILLED and its Ray jobs stopped; "
+                  "run the same command again to resume them from their last checkpoints",
+                  file=sys.stderr)
+            return 130  # a shell's code for a Ctrl-C
     if not state.is_completed():
         print(f"error: prune-grid did not complete: {state.message}", file=sys.stderr)
         return 1

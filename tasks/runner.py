@@ -58,10 +58,13 @@ class GridRunner:
     def teacher(self, job: JobSpec, dataset: DatasetRef) -> ModelRef:
         """Stage 2: the fine-tuned teacher, trained again if its cached model folder is gone."""
         self._begin(job)
+        # In a task runner thread, as every training job: a Ctrl-C then reaches the flow's own
+        # code, not the SIGINT handler Ray Train installs around a fit() in the main thread.
         try:
-            ref = self.teacher_task(job=job, dataset=dataset, ctx=self.ctx)
+            ref = self.teacher_task.submit(job=job, dataset=dataset, ctx=self.ctx).result()
             if not Path(ref.local_dir).is_dir():
-                ref = refreshed(self.teacher_task, True)(job=job, dataset=dataset, ctx=self.ctx)
+                ref = refreshed(self.teacher_task, True).submit(job=job, dataset=dataset,
+                                                                ctx=self.ctx).result()
         except BaseException:
             self._end(job, ok=False)
             raise

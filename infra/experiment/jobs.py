@@ -20,7 +20,7 @@ from infra.evaluate.stats import Splits
 from infra.experiment import paths
 from infra.track import registry
 from infra.track import tracking
-from infra.train import ray_job
+from infra.train import cluster, ray_job
 from infra.experiment.config import EvalSpec, RegistrySpec
 from infra.data.corpus import CorpusRef
 from infra.data import DatasetRef
@@ -155,7 +155,9 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
         # trains again instead of restoring this run's final model. Unfinished runs keep theirs.
         shutil.rmtree(paths.ray_results_dir(ctx.home) / out_dir.name, ignore_errors=True)
     except BaseException as error:
-        tracking.end_run(ctx.tracking_uri, run_id, ok=False, error=str(error))
+        # Stopped with its driver (Ctrl-C, a cancelled flow run): KILLED, and a rerun resumes it.
+        tracking.end_run(ctx.tracking_uri, run_id, ok=False, error=str(error),
+                         killed=cluster.stopping() or not isinstance(error, Exception))
         raise
     tracking.end_run(ctx.tracking_uri, run_id, ok=True)
     return ModelRef(job.job_id, run_id, "model", str(out_dir))

@@ -181,11 +181,13 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst: Path) -> P
     return Path(client(uri).download_artifacts(run_id, artifact_path, str(dst)))
 
 
-def end_run(uri: str, run_id: str, ok: bool, error: str | None = None) -> None:
+def end_run(uri: str, run_id: str, ok: bool, error: str | None = None, *, killed: bool = False) -> None:
+    """FINISHED when `ok`; else KILLED when `killed` (stopped with its driver), else FAILED."""
     mlflow = client(uri)
     if error:
         mlflow.set_tag(run_id, "error", error[:5000])
-    mlflow.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+    status = RunStatus.FINISHED if ok else RunStatus.KILLED if killed else RunStatus.FAILED
+    mlflow.set_terminated(run_id, RunStatus.to_string(status))
 
 
 def close_interrupted_runs(uri: str, experiment_id: str, tag: str, value: str) -> list[str]:
@@ -201,6 +203,20 @@ def close_interrupted_runs(uri: str, experiment_id: str, tag: str, value: str) -
         mlflow.set_tag(run.info.run_id, "error", "interrupted: its driver stopped; the job was run again")
         mlflow.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     return [run.info.run_id for run in stale]
+
+
+def kill_running(uri: str, experiment_id: str, grid_run_id: str, why: str) -> list[str]:
+    """End as KILLED the grid run `grid_run_id` and its job runs while still RUNNING (their driver
+    is stopping); their ids."""
+    mlflow = client(uri)
+    running = mlflow.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{grid_run_id}' and "
+                                 "attributes.status = 'RUNNING'")
+    ids = [run.info.run_id for run in running]
+    if mlflow.get_run(grid_run_id).info.status == "RUNNING":
+        ids.append(grid_run_id)
+    for run_id in ids:
+        end_run(uri, run_id, ok=False, error=why, killed=True)
+    return ids
 
 
 def latest_grid_url(uri: str) -> str:

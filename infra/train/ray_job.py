@@ -224,17 +224,21 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
     """Run one job as a TorchTrainer; copy its final model to `out_dir`; return that folder.
 
     Workers that died get up to `max_failures` restarts from the last checkpoint; a failure that
-    would repeat (infra.train.failures), or the last one, raises TrainingError naming the job
-    and the cause.
+    would repeat (infra.train.failures), the last one, or any while the driver stops, raises
+    TrainingError naming the job and the cause.
     """
     for attempt in range(max_failures + 1):
+        if cluster.stopping():  # Ctrl-C, a cancelled flow run: start nothing (Ray would start anew)
+            raise TrainingError(f"job {args.job_id}: stopped with its driver")
         # A restart is a new trainer of the same name: Ray Train resumes it from its storage.
         result, cause, again = _fit(_trainer(args, run_name, num_workers, cpus_per_worker, use_gpu,
                                              max_failures, storage_path))
         if result is not None:
             break
-        if not again or attempt == max_failures:
-            raise TrainingError(f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) failed: {cause}")
+        stopped = cluster.stopping()  # its checkpoints stay: a rerun resumes it
+        if stopped or not again or attempt == max_failures:
+            raise TrainingError(f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) "
+                                + ("stopped with its driver" if stopped else f"failed: {cause}"))
         print(f"[{args.job_id}] restart {attempt + 1}/{max_failures} from the last checkpoint: {cause}",
               flush=True)
     if result.checkpoint is None:
@@ -295,7 +299,8 @@ def _fit(trainer: TorchTrainer) -> tuple[Result | None, str, bool]:
     main = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
-        return trainer.fit(), "", False
+        with cluster.fitting():  # cluster.stop_jobs waits for this fit before it leaves Ray
+            return trainer.fit(), "", False
     except Exception as error:  # ray: WorkerGroupError / ControllerError
         return None, failures.root_cause(error), failures.restartable(error)
     finally:

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,3 +104,44 @@ LOOPBACK_PTR = re.compile(r"^(\d+\.\d+\.\d+\.127\.in-addr\.arpa|(0\.){31}1\.0\.i
 def non_loopback_questions(names: list[str]) -> set[str]:
     """DNS questions other than reverse lookups of loopback addresses."""
     return {n for n in names if not LOOPBACK_PTR.match(n)}
+
+
+def processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, session id, command line) of every living process (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] != "Z":  # a zombie has exited; only its parent's wait is missing
+            found[int(entry.name)] = (int(fields[1]), int(fields[3]), command)
+    return found
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every living process below `pid`."""
+    table, found, todo = processes(), {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, _, command) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = command
+                todo.append(child)
+    return found
+
+
+def running_job(mlflow, experiment: str, deadline: float):
+    """A training job's run once it is RUNNING and has logged a training step."""
+    while time.monotonic() < deadline:
+        found = mlflow.get_experiment_by_name(experiment)
+        runs = mlflow.search_runs([found.experiment_id], "attributes.status = 'RUNNING'") if found else []
+        for run in runs:
+            if run.data.tags.get("role") != "grid" and "train_loss" in run.data.metrics:
+                return run
+        time.sleep(0.5)
+    raise AssertionError(f"no job of {experiment} started training in time")

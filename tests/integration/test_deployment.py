@@ -5,16 +5,19 @@ so the benchmark path runs end to end too."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from infra.track.tracking import client
-from tests.integration.helpers import ROOT, TINY
+from tests.integration.helpers import ROOT, TINY, descendants, processes, running_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,3 +80,43 @@ def test_the_benchmark_refresh_deployment_runs_its_grid_and_reports_the_registry
     assert [r.info.status for r in refresh] == ["FINISHED"]
     logged = {f.path for f in mlflow.list_artifacts(refresh[0].info.run_id)}
     assert {"claims.md", "claims.csv"} <= logged
+
+
+def test_a_cancelled_deployment_run_ends_every_run_and_leaves_no_ray_process(
+        mlflow_server, prefect_server, prefect_worker, tmp_path) -> None:
+    """`prefect flow-run cancel` mid-job: the worker's SIGTERM reaches the flow, which ends the
+    grid's MLflow runs KILLED and aborts its Ray jobs; no process of the flow run stays."""
+    data = yaml.safe_load(TINY.read_text())
+    data["name"] = "tiny-cancelled"
+    data["teacher"].update(epochs=400, log_every=1)  # minutes of training: cancelled mid-job
+    config = tmp_path / "tiny-cancelled.yaml"
+    config.write_text(yaml.safe_dump(data))
+    prefect_worker()
+    env = dict(os.environ, PREFECT_API_URL=prefect_server.url + "/api", PRUNEGRID_ROOT=str(ROOT))
+    if "prune-grid/prune-grid" not in _prefect(["deployment", "ls"], env, timeout=60).stdout:
+        deployed = _prefect(["--no-prompt", "deploy", "--name", "prune-grid"], env, timeout=180)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    started = _prefect(["deployment", "run", "prune-grid/prune-grid", "--param", f"config={config}"],
+                       env, timeout=60)
+    flow_run = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+
+    def inspect() -> dict:
+        return json.loads(_prefect(["flow-run", "inspect", flow_run, "-o", "json"], env, timeout=60).stdout)
+
+    mlflow = client(mlflow_server.url)
+    job = running_job(mlflow, "tiny-cancelled", time.monotonic() + 400)
+    pid = int(inspect()["infrastructure_pid"].rsplit(":", 1)[-1])  # "host:pid" of the flow-run process
+    tree = descendants(pid) | {pid: "the flow run"}
+    assert any("raylet" in command for command in tree.values()), tree
+    cancel = _prefect(["flow-run", "cancel", flow_run], env, timeout=60)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+
+    deadline = time.monotonic() + 90  # the worker's grace period (30 s) and Ray's exit
+    while time.monotonic() < deadline and (inspect()["state"]["type"] != "CANCELLED"
+                                           or set(tree) & set(processes())):
+        time.sleep(1)
+    assert inspect()["state"]["type"] == "CANCELLED"
+    assert not {p: tree[p] for p in set(tree) & set(processes())}
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("tiny-cancelled").experiment_id])
+    statuses = {r.info.run_id: r.info.status for r in runs}
+    assert "RUNNING" not in statuses.values() and statuses[job.info.run_id] == "KILLED", statuses
