@@ -26,7 +26,7 @@ from infra.models.pretrained import ModelError
 from infra.stack.local_stack import StackError
 from infra.track import tracking
 from infra.track.tracking import TrackingError, check_reachable, runs_url
-from infra.train import cluster, console
+from infra.train import cluster, console, stopping
 from tasks.grid import close_grid, open_grid, summarise
 from tasks.prepare import prepare_dataset
 from tasks.promote import register_and_promote
@@ -52,7 +52,7 @@ def _grid(cfg: ExperimentConfig, config: str, settings: Settings) -> list[dict]:
     apply_offline_env(settings.allow_hub)
     console.quiet_driver(console.is_verbose())
     ctx = open_grid(cfg, config, tracking_uri(settings))
-    with cluster.sigint_blocked():  # a Ray started here leaves Ctrl-C to this driver (stop_jobs)
+    with stopping.sigint_blocked():  # a Ray started here leaves Ctrl-C to this driver (stop_jobs)
         started = cluster.connect(settings)
     try:
         progress = console.GridProgress(total=_job_count(cfg), emit=get_run_logger().info)
@@ -68,10 +68,10 @@ def _grid(cfg: ExperimentConfig, config: str, settings: Settings) -> list[dict]:
         # FAILED) and none restarts. The grid's runs end KILLED first (Prefect's worker kills a
         # cancelled run's processes after a grace period), then Ray's jobs are aborted. No task:
         # Prefect is stopping too. A rerun resumes the jobs from their checkpoints.
-        cluster.refuse_jobs()
+        stopping.refuse_jobs()
         tracking.kill_running(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
                               f"stopped: {type(error).__name__} {error}".strip())
-        cluster.stop_jobs()
+        stopping.stop_jobs()
         raise
     finally:
         cluster.disconnect(started)
@@ -124,7 +124,7 @@ def _start_prefect_api() -> None:
     its end. Prefect stops it at this process's exit."""
     from prefect.client.orchestration import get_client
 
-    with cluster.sigint_blocked():  # uvicorn installs its own handler: ignoring SIGINT would not do
+    with stopping.sigint_blocked():  # uvicorn installs its own handler: ignoring SIGINT would not do
         get_client(sync_client=True)  # starts the temporary server when no API URL is set
 
 

@@ -20,7 +20,7 @@ from infra.evaluate.stats import Splits
 from infra.experiment import paths
 from infra.track import registry
 from infra.track import tracking
-from infra.train import cluster, ray_job
+from infra.train import ray_job, stopping
 from infra.experiment.config import EvalSpec, RegistrySpec
 from infra.data.corpus import CorpusRef
 from infra.data import DatasetRef
@@ -157,7 +157,7 @@ def train(job: JobSpec, dataset: DatasetRef | CorpusRef, teacher: ModelRef | Non
     except BaseException as error:
         # Stopped with its driver (Ctrl-C, a cancelled flow run): KILLED, and a rerun resumes it.
         tracking.end_run(ctx.tracking_uri, run_id, ok=False, error=str(error),
-                         killed=cluster.stopping() or not isinstance(error, Exception))
+                         killed=stopping.requested() or not isinstance(error, Exception))
         raise
     tracking.end_run(ctx.tracking_uri, run_id, ok=True)
     return ModelRef(job.job_id, run_id, "model", str(out_dir))

@@ -30,7 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from infra import data
 from infra.models import pretrained
 from infra.track.steps import StepLogger
-from infra.train import checkpoints, cluster, console, failures, loop
+from infra.train import checkpoints, cluster, console, failures, loop, stopping
 from infra.train.job import JobArgs, TrainingError, build_job, cache_teacher_outputs
 from infra.train.teacher_cache import TeacherCache
 from pruning.methods import PruningMethod
@@ -228,14 +228,14 @@ def run_job(args: JobArgs, *, run_name: str, num_workers: int, cpus_per_worker: 
     TrainingError naming the job and the cause.
     """
     for attempt in range(max_failures + 1):
-        if cluster.stopping():  # Ctrl-C, a cancelled flow run: start nothing (Ray would start anew)
+        if stopping.requested():  # Ctrl-C, a cancelled flow run: start nothing (Ray would start anew)
             raise TrainingError(f"job {args.job_id}: stopped with its driver")
         # A restart is a new trainer of the same name: Ray Train resumes it from its storage.
         result, cause, again = _fit(_trainer(args, run_name, num_workers, cpus_per_worker, use_gpu,
                                              max_failures, storage_path))
         if result is not None:
             break
-        stopped = cluster.stopping()  # its checkpoints stay: a rerun resumes it
+        stopped = stopping.requested()  # its checkpoints stay: a rerun resumes it
         if stopped or not again or attempt == max_failures:
             raise TrainingError(f"job {args.job_id} ({args.method}, sparsity {args.sparsity}) "
                                 + ("stopped with its driver" if stopped else f"failed: {cause}"))
@@ -299,7 +299,7 @@ def _fit(trainer: TorchTrainer) -> tuple[Result | None, str, bool]:
     main = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
-        with cluster.fitting():  # cluster.stop_jobs waits for this fit before it leaves Ray
+        with stopping.fitting():  # stopping.stop_jobs waits for this fit before it leaves Ray
             return trainer.fit(), "", False
     except Exception as error:  # ray: WorkerGroupError / ControllerError
         return None, failures.root_cause(error), failures.restartable(error)
