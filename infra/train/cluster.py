@@ -72,7 +72,6 @@ def take_secrets(ref: ray.ObjectRef | None) -> None:
         os.environ.update(ray.get(ref))  # ray: fetch the driver's object
 
 
-_OWN_ADDRESS = "PRUNEGRID_OWN_RAY_ADDRESS"  # the address connect() exported for the cluster it started
 _GCS_PORT = "RAY_GCS_SERVER_PORT"  # read by ray.init when it starts a local cluster
 
 
@@ -101,10 +100,10 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
         else:
             ensure_bootstrap_file()
             _single_machine()
-            # Ray's own actors (Ray Train's placement-group cleaner) and state calls find "the"
-            # cluster by scanning the machine, which fails beside another Ray (another
-            # experiment, a test). So the cluster gets a port chosen here and every worker,
-            # and this driver until disconnect(), its address.
+            # Ray's own actors (Ray Train's placement-group cleaner) find "the" cluster by
+            # scanning the machine, which fails beside another Ray (another experiment, a
+            # test). So the cluster gets a port chosen here and every worker its address (not
+            # this driver's environment: a later Ray in this process would read it).
             address = f"127.0.0.1:{_free_port()}"
             runtime_env["env_vars"]["RAY_ADDRESS"] = address
             os.environ[_GCS_PORT] = address.rsplit(":", 1)[1]
@@ -114,7 +113,6 @@ def connect(settings: Settings, num_cpus: int | None = None) -> bool:
                          logging_level=level)
             finally:
                 os.environ.pop(_GCS_PORT, None)
-            os.environ[_OWN_ADDRESS] = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = settings.ray_address or "a local cluster"
         raise ClusterError(f"cannot start or join Ray at {where}: {error}; "
@@ -217,5 +215,3 @@ def disconnect(started: bool) -> None:
     """Shut Ray down if this process started it."""
     if started and ray.is_initialized():
         ray.shutdown()
-    if started and os.environ.get("RAY_ADDRESS") == os.environ.pop(_OWN_ADDRESS, None):
-        os.environ.pop("RAY_ADDRESS", None)
