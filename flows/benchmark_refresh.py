@@ -19,13 +19,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.cli import tracking_uri
-from flows.prune_grid import prune_grid
-from infra.data import DataError
+from flows.prune_grid import USER_ERRORS, prune_grid
 from infra.experiment import preflight
 from infra.experiment.config import ConfigError, load_config
-from infra.models.pretrained import ModelError
-from infra.stack.local_stack import StackError
-from infra.track.tracking import TrackingError, check_reachable
+from infra.track.tracking import check_reachable
 from infra.experiment.settings import Settings, apply_offline_env
 from tasks.claims import claims_report
 
@@ -81,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for file in claim_configs(args.configs):
             preflight.check(load_config(file), None, settings.allow_hub)
         check_reachable(tracking_uri(settings))
-    except (ConfigError, DataError, ModelError, TrackingError, StackError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     state = benchmark_refresh(args.configs, args.report, not args.report_only, return_state=True)

@@ -33,6 +33,10 @@ from tasks.promote import register_and_promote
 from tasks.runner import GridRunner
 
 
+# What a user's mistake raises before any work (config, data, model, servers): one line, exit 2.
+USER_ERRORS = (ConfigError, DataError, ModelError, TrackingError, StackError)
+
+
 class GridFailed(RuntimeError):
     """Some grid jobs failed; the others were evaluated, registered and promoted."""
 
@@ -146,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight.check(cfg, None, settings.allow_hub)
             held.enter_context(locks.hold(settings.home, cfg.name))
             check_reachable(tracking_uri(settings))
-        except (ConfigError, DataError, ModelError, TrackingError, StackError,
-                locks.ExperimentBusy) as error:
+        except (*USER_ERRORS, locks.ExperimentBusy) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         _start_prefect_api()
