@@ -444,3 +444,25 @@ def test_a_checkpoint_after_a_cut_resumes_to_the_same_student(tmp_path):
     a, b = resumed[0].export().eval(), whole[0].export().eval()
     with torch.no_grad():
         assert torch.equal(a(**_batch(50)).last_hidden_state, b(**_batch(50)).last_hidden_state)
+
+
+def test_a_masked_students_pruned_groups_get_no_gradient():
+    """Clipping sees only what the step keeps: in a student masked but not cut (DDP-wrapped,
+    or slice_in_run off), the zeroed rows, columns, heads and hidden dims get exactly zero
+    gradient, since every path through them is zeroed too, so HomoDistil needs no
+    mask_gradients of its own (unlike unstructured masks, pruning.methods.base)."""
+    method = _distiller(*_encoders(), slice_in_run=False)
+    optimizer = _optimizer(method)
+    _run(method, optimizer, range(TOTAL_STEPS))
+    assert method.masks.widths() == method.target and method.present is None  # masked, not cut
+    method.on_step_start(TOTAL_STEPS)
+    loss, _ = method.loss(method.module, _batch(TOTAL_STEPS))
+    loss.backward()
+    pruned = kept = 0
+    for name, p in method.student.named_parameters():
+        if p.grad is None or not p.requires_grad:
+            continue
+        zero = p.detach() == 0
+        assert torch.count_nonzero(p.grad[zero]) == 0, name
+        pruned, kept = pruned + int(zero.sum()), kept + int(torch.count_nonzero(p.grad[~zero]))
+    assert pruned > 0 and kept > 0  # both kinds were there to see
