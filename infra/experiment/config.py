@@ -149,6 +149,14 @@ class PruneSpec(TrainSpec):
     lr_schedule: LRSchedule = Field(default="constant", exclude_if=lambda v: v == "linear")
 
 
+class DistilTrainSpec(TrainSpec):
+    """`distil.train`, HomoDistil's task-agnostic stage: as PruneSpec, its rate stays at the
+    peak after the warm-up, since its widths too reach the target at 2/3 of the run
+    (prune_fraction_of_run) and the last third distils the final student at fixed widths."""
+
+    lr_schedule: LRSchedule = Field(default="constant", exclude_if=lambda v: v == "linear")
+
+
 class CorpusSource(Frozen):
     """Unlabelled text for a task-agnostic stage: a packaged subset or a local file."""
 
@@ -173,7 +181,7 @@ class DistilSpec(Frozen):
     plus the IMDB reviews packaged beside them.
     """
 
-    train: TrainSpec = TrainSpec(epochs=1.0, learning_rate=1e-4)
+    train: DistilTrainSpec = DistilTrainSpec(epochs=1.0, learning_rate=1e-4)
     task_texts: bool = True
     corpus: tuple[CorpusSource, ...] = (CorpusSource(),)
     max_texts: PositiveInt | None = 20000
