@@ -1,4 +1,5 @@
-"""The whole prune-grid DAG on the tiny config, against a real MLflow server, Ray and Prefect."""
+"""The whole prune-grid DAG with every pruning method (GMP, SDP, SparseBERT, HomoDistil) on the
+tiny model, against a real MLflow server, Ray and Prefect: one traced run, read by every test."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import pytest
 from infra.experiment.config import load_config
 from infra.track import registry
 from infra.track.tracking import ModelRef, client
-from tests.integration.helpers import (TINY, dns_questions, flow_env, non_loopback_questions,
+from tests.integration.helpers import (ROOT, dns_questions, flow_env, non_loopback_questions,
                                        off_loopback, remote_addresses, run_grid)
 
 pytestmark = pytest.mark.integration
-MODEL = "tiny-tiny_reviews"  # registry.model_name of the tiny config
+METHODS = ROOT / "tests/fixtures/configs/tiny-methods.yaml"
+MODEL = "tiny-methods-tiny_reviews"  # registry.model_name of that config
+EXPERIMENT = "tiny-methods"
+LABELS = {"gmp": "gmp-s70-seed0-update_every=2", "sdp": "sdp-s70-seed0-update_every=2",
+          "sparsebert": "sparsebert-s70-seed0"}
+HOMODISTIL = "homodistil-s70-seed0-update_every=2"
 # The gate the run promoted under, read from the config it ran: the tests follow the config.
-CONFIG = load_config(TINY)
+CONFIG = load_config(METHODS)
 GATE = CONFIG.registry.gate
 METRIC = CONFIG.tasks[0].gate_metric(GATE)  # the dev metric tag the gate compares
 
@@ -32,10 +38,10 @@ def _candidate(version: str, tags: dict[str, str]) -> registry.Candidate:
 
 @pytest.fixture(scope="module")
 def grid_run(mlflow_server, tmp_path_factory):
-    """One traced run of the tiny grid; the tests below read what it left behind."""
+    """One traced run of the tiny grid with every method; the tests below read what it left."""
     home = tmp_path_factory.mktemp("grid")
     trace = home / "connect.trace"
-    proc = run_grid(TINY, flow_env(home, mlflow_server.url), trace=trace)
+    proc = run_grid(METHODS, flow_env(home, mlflow_server.url), trace=trace)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return {"proc": proc, "trace": trace, "uri": mlflow_server.url, "home": home}
 
@@ -43,7 +49,8 @@ def grid_run(mlflow_server, tmp_path_factory):
 def test_the_run_ends_with_a_results_table(grid_run) -> None:
     out = grid_run["proc"].stdout + grid_run["proc"].stderr
     assert "| task | method | target | encoder sparsity | dev acc | test acc |" in out
-    assert out.count("| tiny_reviews | gmp |") == 2 and "| tiny_reviews | teacher |" in out
+    for method in ("teacher", "gmp", "sdp", "sparsebert", "homodistil"):
+        assert out.count(f"| tiny_reviews | {method} |") == 1, method
 
 
 def test_the_console_shows_the_grid_and_each_job_and_not_ray_s_own_lines(grid_run) -> None:
@@ -51,9 +58,11 @@ def test_the_console_shows_the_grid_and_each_job_and_not_ray_s_own_lines(grid_ru
     a line per job and log interval; Ray's start-up and checkpoint lines, worker prefixes and
     the libraries' progress bars are left to --verbose."""
     out = grid_run["proc"].stdout + grid_run["proc"].stderr
-    assert re.search(r"^\[gmp s=0\.90 [0-9a-f]{8}\] step 5/18  loss \d\.\d{4}  [\d.]+ steps/s", out, re.M), out[-3000:]
+    assert re.search(r"^\[gmp s=0\.70 [0-9a-f]{8}\] step 5/18  loss \d\.\d{4}  [\d.]+ steps/s", out, re.M), out[-3000:]
     assert re.search(r"^\[teacher [0-9a-f]{8}\] step 120/120  loss ", out, re.M)
-    assert "[grid] 0/3 jobs done, running: teacher-seed0" in out and "[grid] 3/3 jobs done, training done" in out
+    assert re.search(r"^.*\[grid\] 0/(\d+) jobs done, running: teacher-seed0.*$", out, re.M), out[-3000:]
+    total = re.search(r"\[grid\] 0/(\d+) jobs done", out).group(1)
+    assert f"[grid] {total}/{total} jobs done, training done" in out
     for noise in ("Requesting resources", "Setting up process group", "Started training worker group",
                   "RayTrainWorker pid=", "TrainController pid=", "Checkpoint successfully created at",
                   "Reporting training result", "Loading weights", "Writing model shards",
@@ -64,16 +73,14 @@ def test_the_console_shows_the_grid_and_each_job_and_not_ray_s_own_lines(grid_ru
 def test_every_model_is_registered_with_its_metrics(grid_run) -> None:
     versions = client(grid_run["uri"]).search_model_versions(f"name = '{MODEL}'")
     by_label = {v.tags["label"]: v for v in versions}
-    assert set(by_label) == {"teacher-seed0", "gmp-s50-seed0-update_every=2",
-                             "gmp-s90-seed0-update_every=2"}
+    assert set(by_label) == {"teacher-seed0", *LABELS.values(), HOMODISTIL}
     for version in versions:
         for key in ("dev_accuracy", "test_accuracy", "encoder_sparsity", "model_nonzero_params",
                     "size_mb", "latency_ms_b1", "job_id"):
             assert key in version.tags, (version.version, key)
-    s90 = by_label["gmp-s90-seed0-update_every=2"].tags
-    assert float(s90["encoder_sparsity"]) == pytest.approx(0.9, abs=1e-3)
+    s70 = by_label[LABELS["gmp"]].tags
     teacher = by_label["teacher-seed0"].tags
-    assert float(s90["model_nonzero_params"]) < 0.5 * float(teacher["model_nonzero_params"])
+    assert float(s70["model_nonzero_params"]) < 0.6 * float(teacher["model_nonzero_params"])
     assert float(teacher["dev_accuracy"]) > 0.8, "the tiny teacher should learn the synthetic task"
 
 
@@ -127,15 +134,16 @@ def test_promoting_twice_changes_nothing(grid_run) -> None:
 
 def test_job_runs_are_nested_under_the_grid_run_and_finished(grid_run) -> None:
     mlflow = client(grid_run["uri"])
-    experiment = mlflow.get_experiment_by_name("tiny")
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     runs = mlflow.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("role") == "grid"]
     assert parents and all(r.info.status == "FINISHED" for r in runs)
     parent = parents[0].info.run_id
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-    assert {r.data.tags["role"] for r in children} == {"teacher", "pruned"}
-    for run in children:
-        assert "train_loss" in run.data.metrics and "dev_accuracy" in run.data.metrics
+    assert {r.data.tags["role"] for r in children} == {"teacher", "pruned", "distilled"}
+    for run in children:  # the task-agnostic stage (distilled) is not evaluated on the task
+        assert "train_loss" in run.data.metrics, run.data.tags["role"]
+        assert ("dev_accuracy" in run.data.metrics) == (run.data.tags["role"] != "distilled")
         assert run.data.params["data_hash"]
 
 
@@ -156,15 +164,15 @@ def test_the_run_connects_only_to_loopback(grid_run) -> None:
 
 def test_the_grid_run_holds_the_trade_off_figure_and_the_seed_table(grid_run, tmp_path) -> None:
     mlflow = client(grid_run["uri"])
-    experiment = mlflow.get_experiment_by_name("tiny")
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     runs = mlflow.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("role") == "grid")
     files = {f.path for f in mlflow.list_artifacts(parent.info.run_id)}
     assert {"tradeoff-tiny_reviews.png", "results_seeds.md", "results_seeds.csv"} <= files
     table = Path(mlflow.download_artifacts(parent.info.run_id, "results_seeds.md", str(tmp_path))).read_text()
-    assert "| tiny_reviews | gmp | update_every=2 | 0.90 | 1 | accuracy |" in table
-    assert "tiny_reviews/gmp_s90_dev_accuracy" in parent.data.metrics  # MLflow's chart view has the grid
+    assert "| tiny_reviews | gmp | update_every=2 | 0.70 | 1 | accuracy |" in table
+    assert "tiny_reviews/gmp_s70_dev_accuracy" in parent.data.metrics  # MLflow's chart view has the grid
     pruned = next(r for r in runs if r.data.tags.get("role") == "pruned")
     path = mlflow.download_artifacts(pruned.info.run_id, "predictions.parquet", str(tmp_path))
     predictions = pq.read_table(path)
@@ -172,3 +180,32 @@ def test_the_grid_run_holds_the_trade_off_figure_and_the_seed_table(grid_run, tm
     assert set(predictions["split"].to_pylist()) == {"dev", "test"}
     out = grid_run["proc"].stdout + grid_run["proc"].stderr
     assert f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in out
+
+
+def test_every_method_is_registered_at_its_target_sparsity(grid_run, tmp_path) -> None:
+    mlflow = client(grid_run["uri"])
+    versions = {v.tags["label"]: v for v in mlflow.search_model_versions(f"name = '{MODEL}'")}
+    for method, label in LABELS.items():
+        tags = versions[label].tags
+        assert tags["method"] == method
+        assert float(tags["encoder_sparsity"]) == pytest.approx(0.7, abs=1e-3), method
+        for key in ("dev_accuracy", "weight_snr", "separability_fisher", "separability_silhouette"):
+            assert key in tags, (method, key)
+        # The recovery curve rides along as an artifact of the job's run.
+        run_id = versions[label].run_id
+        names = {a.path for a in mlflow.list_artifacts(run_id)}
+        assert "recovery.json" in names, (method, names)
+        curve = json.loads(Path(mlflow.download_artifacts(run_id, "recovery.json", str(tmp_path)))
+                           .read_text())
+        assert curve["records"] and all("before" in r and r["after"] for r in curve["records"])
+    teacher_runs = {a.path for a in mlflow.list_artifacts(versions["teacher-seed0"].run_id)}
+    assert "recovery.json" not in teacher_runs  # dense fine-tuning has no mask updates
+
+    # HomoDistil: a physically smaller dense model within its parameter budget (30% kept),
+    # fine-tuned from the compact student its task-agnostic stage distilled.
+    compact = versions[HOMODISTIL]
+    teacher_params = float(versions["teacher-seed0"].tags["model_nonzero_params"])
+    assert float(compact.tags["model_nonzero_params"]) <= 0.3 * teacher_params * 1.02
+    folder = Path(mlflow.download_artifacts(compact.run_id, "model", str(tmp_path / "compact")))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "compact-bert" and config["hidden_size"] < 32
