@@ -163,10 +163,18 @@ def assess(claim: ClaimSpec, results: TaskResults, resamples: int = RESAMPLES,
                        _verdict(claim, low, high))
 
 
+def _num(x: float, sign: str = "") -> str:
+    """Three decimals; a nonzero value they would show as 0.000 gets two significant digits,
+    so a difference of 7e-06 reads as that, not as a zero that "holds"."""
+    if x != 0 and abs(x) < 5e-4:
+        return f"{x:{sign}.1e}"
+    return f"{x:{sign}.3f}"
+
+
 def _spread(values: tuple[float, ...]) -> str:
     if len(values) < 2:
-        return f"{values[0]:.3f} (n=1)"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+        return f"{_num(values[0])} (n=1)"
+    return f"{_num(statistics.fmean(values))} ± {_num(statistics.stdev(values))} (n={len(values)})"
 
 
 def markdown(title: str, budget: str, results: Sequence[ClaimResult]) -> str:
@@ -175,9 +183,9 @@ def markdown(title: str, budget: str, results: Sequence[ClaimResult]) -> str:
              "| claim | task | metric | candidate | mean ± sd (seeds) | baseline | mean ± sd (seeds) "
              "| Δ | 95% CI | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        ci = "" if math.isnan(r.low) else f"[{r.low:+.3f}, {r.high:+.3f}]"
+        ci = "" if math.isnan(r.low) else f"[{_num(r.low, '+')}, {_num(r.high, '+')}]"
         lines.append(f"| {r.claim} | {r.task} | {r.metric} | {r.candidate} | {_spread(r.candidate_values)} "
-                     f"| {r.baseline} | {_spread(r.baseline_values)} | {r.difference:+.3f} | {ci} "
+                     f"| {r.baseline} | {_spread(r.baseline_values)} | {_num(r.difference, '+')} | {ci} "
                      f"| **{r.verdict}** |")
     kinds = sorted({r.interval for r in results})
     return "\n".join(lines) + ("\n\n95% CI: " + "; ".join(kinds) + "." if kinds else "") + "\n"

@@ -96,6 +96,20 @@ def test_the_report_and_the_readme_section() -> None:
         splice("no markers", text)
 
 
+def test_a_tiny_difference_shows_its_size_not_a_zero() -> None:
+    """The weight SNRs of the first refresh (SDP vs GMP at 90%, 3 seeds): SDP's is higher in
+    every seed, by about 7e-06. The report must show that size, not "+0.000 [+0.000, +0.000]"
+    beside a verdict that holds."""
+    sdp = [_model(f"s{i}", "sdp", 0.9, i, 40, weight_snr=v) for i, v in enumerate((0.966722, 0.966719, 0.966728))]
+    gmp = [_model(f"g{i}", "gmp", 0.9, i, 40, weight_snr=v) for i, v in enumerate((0.966718, 0.966711, 0.966719))]
+    r = assess(_claim(metric="weight_snr"), _results(*sdp, *gmp))
+    assert r.verdict == "holds" and r.difference == pytest.approx(7.0e-06, abs=1e-7)
+    row = next(line for line in markdown("x", "", [r]).splitlines() if line.startswith("| c |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "0.967 ± 4.6e-06 (n=3)"
+    assert cells[7] == "+7.0e-06" and cells[8].startswith("[+") and "0.000" not in cells[8]
+
+
 def _config(claims: list[dict]) -> dict:
     return {"name": "x", "tasks": [{"name": "t", "labels": [0, 1]}],
             "grid": {"methods": ["gmp", "sdp"], "sparsities": [0.5, 0.9],
