@@ -43,7 +43,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 # must fail `make test` and say so, not pass unnoticed.
 tier_failed = { rc=$$?; [ $$rc -ne 5 ] || echo "make test: the $(1) tier collected no tests (pytest exit 5)" >&2; exit $$rc; }
 
-.PHONY: venv demo xglue-demo test test-all ui up down status deploy claims clean
+.PHONY: venv demo xglue-demo test test-slow test-all ui up down status deploy claims clean
 
 venv: $(STAMP)
 
@@ -74,8 +74,17 @@ xglue-demo: venv
 
 test: venv
 	@mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -m pytest $(UNIT_ARGS) -m "not integration and not gpu" || $(call tier_failed,unit)
-	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "integration and not gpu" || $(call tier_failed,integration)
+	$(BIN)/python -m pytest $(UNIT_ARGS) -m "not integration and not slow and not gpu" || $(call tier_failed,unit)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "integration and not slow and not gpu" || $(call tier_failed,integration)
+
+# The slow tier: failure drills that each start a cluster and a grid more than once (a killed
+# driver on an existing cluster, a lost node, a cancelled deployment run). CI (.ci/run) runs
+# it after `make test`, which stays within its 15-minute budget; `make test-all` runs both.
+test-slow: venv
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "slow and not gpu" || $(call tier_failed,slow)
+
+test-all: test test-slow
 
 ui: venv
 	$(BIN)/prunegrid ui

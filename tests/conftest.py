@@ -40,6 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "HF_HOME": str(base / "hf"),
         "RAY_TMPDIR": str(ray_tmp),
     })
+    # A Prefect worker asks for new flow runs every 10 s, a wait sized for long flows: the
+    # tests' workers (they inherit this) ask every 2 s.
+    os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

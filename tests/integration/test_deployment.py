@@ -19,7 +19,7 @@ import yaml
 from infra.track.tracking import client
 from tests.integration.helpers import ROOT, TINY, descendants, processes, running_job
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 def _prefect(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -82,6 +82,7 @@ def test_the_benchmark_refresh_deployment_runs_its_grid_and_reports_the_registry
     assert {"claims.md", "claims.csv"} <= logged
 
 
+@pytest.mark.slow
 def test_a_cancelled_deployment_run_ends_every_run_and_leaves_no_ray_process(
         mlflow_server, prefect_server, prefect_worker, tmp_path) -> None:
     """`prefect flow-run cancel` mid-job: the worker's SIGTERM reaches the flow, which ends the

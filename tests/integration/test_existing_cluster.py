@@ -27,7 +27,7 @@ from infra.experiment.grid import expand_grid, teacher_job
 from infra.track.tracking import client
 from tests.integration.helpers import ROOT, TINY, flow_env, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _kill_cluster(port: int, temp: Path) -> None:

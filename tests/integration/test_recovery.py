@@ -168,6 +168,7 @@ def test_a_killed_worker_resumes_and_ends_bit_identical(cluster, args, tmp_path)
     assert all(a[k].equal(b[k]) for k in a), [k for k in a if not a[k].equal(b[k])]
 
 
+@pytest.mark.slow
 def test_b_a_removed_node_moves_the_workers_and_masks_agree_across_ranks(cluster, args, tmp_path):
     # Two DDP workers share the steps: 48 epochs leave ~120 steps after the first checkpoint,
     # so the node goes while the job is still training (a finished job would prove nothing).

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,8 @@ def test_ctrl_c_mid_job_ends_every_run_and_leaves_no_ray_process(tmp_path, mlflo
         job = running_job(mlflow, "ctrl-c", time.monotonic() + 300)
         started = descendants(flow.pid)
         assert any("raylet" in c for c in started.values()), started
+        masks = _sigint_masks(flow.pid)  # a thread that takes SIGINT: neither ignored nor blocked
+        assert any(not blocked and not ignored for blocked, ignored in masks.values()), masks
         os.killpg(flow.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole group
         code = flow.wait(timeout=120)
     finally:
@@ -58,3 +61,13 @@ def test_ctrl_c_mid_job_ends_every_run_and_leaves_no_ray_process(tmp_path, mlflo
 def _left(started: dict[int, str], session: int, ray_tmp: str) -> dict[int, str]:
     return {pid: command for pid, (_, sid, command) in processes().items()
             if pid in started or sid == session or ray_tmp in command}
+
+
+def _sigint_masks(pid: int) -> dict[str, tuple[bool, bool]]:
+    """Thread id -> (SIGINT blocked, SIGINT ignored) for every thread of `pid` (Linux /proc)."""
+    bit, found = 1 << (signal.SIGINT - 1), {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines()
+                      if line.startswith(("SigBlk", "SigIgn")))
+        found[task.name] = (bool(int(fields["SigBlk"], 16) & bit), bool(int(fields["SigIgn"], 16) & bit))
+    return found
