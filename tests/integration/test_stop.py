@@ -29,8 +29,14 @@ def test_ctrl_c_mid_job_ends_every_run_and_leaves_no_ray_process(tmp_path, mlflo
     ray_tmp = tempfile.mkdtemp(prefix="pg-stop-", dir="/tmp")  # unix sockets: a short path
     env = flow_env(tmp_path / "home", mlflow_server.url) | {"RAY_TMPDIR": ray_tmp}
     log = (tmp_path / "flow.log").open("w")
-    flow = subprocess.Popen([sys.executable, "-m", "flows.prune_grid", str(config)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # As from a terminal: SIGINT not ignored. A child inherits an ignored SIGINT (a fresh-clone
+    # run's pytest worker had it ignored by then, and the flow then completed, deaf to Ctrl-C).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        flow = subprocess.Popen([sys.executable, "-m", "flows.prune_grid", str(config)], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         mlflow = client(mlflow_server.url)
         job = running_job(mlflow, "ctrl-c", time.monotonic() + 300)
