@@ -44,3 +44,14 @@ def test_from_pretrained_is_called_in_one_place() -> None:
     callers = {str(p.relative_to(ROOT)) for layer in ("pruning", "infra", "tasks", "flows")
                for p in (ROOT / layer).rglob("*.py") if _calls_from_pretrained(p)}
     assert "infra/models/pretrained.py" in callers and callers <= {"infra/models/pretrained.py"}, callers
+
+
+MAX_MODULE_LINES = 320  # "every module under ~300 lines": one screenful of structure, not a folder's worth
+
+
+def test_every_module_stays_small_enough_to_read_in_one_sitting() -> None:
+    too_long = {str(p.relative_to(ROOT)): n
+                for layer in ("flows", "tasks", "infra", "pruning", "bench")
+                for p in (ROOT / layer).rglob("*.py")
+                if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines, split them: {too_long}"

