@@ -78,7 +78,8 @@ test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "integration and not slow and not gpu" || $(call tier_failed,integration)
 
 # The slow tier: failure drills that each start a cluster and a grid more than once (a killed
-# driver on an existing cluster, a lost node, a cancelled deployment run). CI (.ci/run) runs
+# driver on an existing cluster, a lost node, a cancelled deployment run, a changed teacher
+# that retrains the grid). CI (.ci/run) runs
 # it after `make test`, which stays within its 15-minute budget; `make test-all` runs both.
 test-slow: venv
 	@mkdir -p $(PREFECT_HOME)

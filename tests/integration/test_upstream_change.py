@@ -47,6 +47,7 @@ def _weights(ref: tracking.ModelRef) -> dict:
     return load_file(str(Path(ref.local_dir) / "model.safetensors"))
 
 
+@pytest.mark.slow  # trains the teacher and the grid twice: a drill of the slow tier
 def test_a_changed_teacher_retrains_the_grid_and_a_rerun_never_restores_a_finished_run(
         local_ray, mlflow_server, tmp_path):
     base = load_config(TINY)
