@@ -17,42 +17,31 @@ only; nothing here creates a folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-
-def data_dir(home: str | Path) -> Path:
-    """Prepared task data and corpora, each in a folder named by its content hash."""
-    return Path(home) / "data"
+HomeFolder = Callable[[str | Path], Path]
 
 
-def models_dir(home: str | Path) -> Path:
-    """Trained models (`<job_id>-<run key8>`) and converted packaged checkpoints (`<alias>`)."""
-    return Path(home) / "models"
+def _folder(name: str, doc: str) -> HomeFolder:
+    """The function `<name>_dir(home)`: the folder `name` under the home, documented by `doc`."""
+
+    def folder(home: str | Path) -> Path:
+        return Path(home) / name
+
+    folder.__name__ = folder.__qualname__ = f"{name}_dir"
+    folder.__doc__ = doc
+    return folder
 
 
-def ray_results_dir(home: str | Path) -> Path:
-    """Ray Train's storage_path: one run folder per job, holding its checkpoints."""
-    return Path(home) / "ray_results"
-
-
-def results_dir(home: str | Path) -> Path:
-    """Cached task results (small JSON references to the models and data above)."""
-    return Path(home) / "results"
-
-
-def stack_dir(home: str | Path) -> Path:
-    """The local servers' files (infra.stack.local_stack)."""
-    return Path(home) / "stack"
-
-
-def locks_dir(home: str | Path) -> Path:
-    """One lock file per experiment, held by the driver that runs it."""
-    return Path(home) / "locks"
-
-
-def teacher_outputs_dir(home: str | Path) -> Path:
-    """Frozen teachers' outputs per example, one folder per teacher, train split and what is kept."""
-    return Path(home) / "teacher_outputs"
+data_dir = _folder("data", "Prepared task data and corpora, each in a folder named by its content hash.")
+models_dir = _folder("models", "Trained models (`<job_id>-<run key8>`) and converted packaged checkpoints (`<alias>`).")
+ray_results_dir = _folder("ray_results", "Ray Train's storage_path: one run folder per job, holding its checkpoints.")
+results_dir = _folder("results", "Cached task results (small JSON references to the models and data above).")
+stack_dir = _folder("stack", "The local servers' files (infra.stack.local_stack).")
+locks_dir = _folder("locks", "One lock file per experiment, held by the driver that runs it.")
+teacher_outputs_dir = _folder("teacher_outputs", "Frozen teachers' outputs per example, one folder per "
+                              "teacher, train split and what is kept.")
 
 
 def bench_dir(home: str | Path, name: str | None = None) -> Path:
