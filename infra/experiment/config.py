@@ -2,8 +2,8 @@
 
 This module holds the training, grid, compute and evaluation specs and assembles the whole;
 the data specs are in schema_data, the registry specs in schema_registry (all re-exported
-here). Defaults live in those three modules and nowhere else. Unknown keys are errors, so a typo stops the run
-before any work with a message that names the field.
+here). Defaults live in those three modules and nowhere else. Unknown keys are errors, so
+a typo stops the run before any work with a message that names the field.
 """
 
 from __future__ import annotations
