@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from infra.evaluate import claims_report, summary
 from infra.evaluate.claims_report import ClaimResult, TaskResults
 from infra.experiment.config import ExperimentConfig
-from infra.experiment.grid import job_hash
+from infra.experiment.grid import expand_grid, teacher_job
 from infra.experiment.jobs import PREDICTIONS
 from infra.track import grid_runs, tracking
 from infra.train.loop import total_steps
@@ -41,9 +41,28 @@ class ExperimentClaims:
         return text + "".join(f"\nNot measured: {e}\n" for e in self.errors)
 
 
+def grid_of(uri: str, cfg: ExperimentConfig) -> grid_runs.GridArtifacts:
+    """The newest finished grid run that trained `cfg`'s jobs: per task, its teacher and only
+    grid points of `cfg` (a job that failed may be missing). Jobs, not the config's hash, decide:
+    job ids hold everything that shapes a model, so a schema change that dumps one more default
+    (or a changed gate) still finds the models already trained."""
+    expected = {t.name: (teacher_job(cfg, t).job_id, {j.job_id for j in expand_grid(cfg, t)}) for t in cfg.tasks}
+
+    def ours(texts: dict[str, str]) -> bool:
+        for text in texts.values():
+            task = TaskResults.from_json(text)
+            teacher, grid = expected.get(task.task, ("", set()))
+            ids = {m.job_id for m in task.models}
+            if teacher not in ids or not ids <= grid | {teacher}:
+                return False
+        return True
+
+    return grid_runs.finished_grid(uri, cfg.name, RECORDS_PREFIX, ours, "that trained this config's jobs and logged their records")
+
+
 def task_results(uri: str, cfg: ExperimentConfig) -> tuple[grid_runs.GridArtifacts, list[TaskResults]]:
     """The newest finished grid run of `cfg` and, per task, its models with their test predictions."""
-    found = grid_runs.finished_grid(uri, cfg.name, job_hash(cfg.model_dump(mode="json")), RECORDS_PREFIX)
+    found = grid_of(uri, cfg)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in sorted(found.texts):

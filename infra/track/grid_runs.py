@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from infra.track import tracking
 
@@ -75,24 +76,26 @@ class GridArtifacts:
     texts: dict[str, str]  # artifact file -> contents
 
 
-def finished_grid(uri: str, experiment: str, config_hash: str, prefix: str) -> GridArtifacts:
-    """The newest grid run of `experiment` with this config hash that ended and logged files
-    starting with `prefix`, with those files; TrackingError saying what is missing otherwise."""
+def finished_grid(uri: str, experiment: str, prefix: str, ours: Callable[[dict[str, str]], bool],
+                  wanted: str) -> GridArtifacts:
+    """The newest grid run of `experiment` that ended, logged files starting with `prefix` and
+    whose files `ours` accepts, with those files; TrackingError naming what is missing otherwise.
+    `wanted` says in words which runs `ours` accepts (for that error)."""
     mlflow = tracking.client(uri)
-    runs = mlflow.search_runs([experiment_id(uri, experiment)],
-                              f"tags.{tracking.ROLE_TAG} = '{tracking.GRID_ROLE}' and "
-                              f"tags.config_hash = '{config_hash}'", order_by=["attributes.start_time DESC"])
+    runs = mlflow.search_runs([experiment_id(uri, experiment)], f"tags.{tracking.ROLE_TAG} = '{tracking.GRID_ROLE}'",
+                              order_by=["attributes.start_time DESC"])
     for run in runs:
         files = [f.path for f in mlflow.list_artifacts(run.info.run_id) if f.path.startswith(prefix)]
         if not files or run.info.end_time is None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             texts = {f: tracking.download_artifact(uri, run.info.run_id, f, Path(tmp)).read_text() for f in files}
+        if not ours(texts):
+            continue
         return GridArtifacts(run.info.run_id, run.info.status, (run.info.end_time - run.info.start_time) / 1000,
                              tracking.runs_url(uri, run.info.experiment_id, run.info.run_id), texts)
-    raise tracking.TrackingError(f"experiment {experiment!r} has no finished grid run of this config "
-                                 f"(config_hash {config_hash}) that logged {prefix}*; run it first: "
-                                 f"prunegrid run <its config>")
+    raise tracking.TrackingError(f"experiment {experiment!r} has no finished grid run {wanted} (of its "
+                                 f"{len(runs)} grid run(s)); run it first: prunegrid run <its config>")
 
 
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
