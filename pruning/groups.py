@@ -30,35 +30,39 @@ from pruning.masks import masks_checksum
 
 # (parameter-name pattern, [(dim, group)]); "attention" and "ffn" get the layer index.
 _LAYER = r"(?:^|\.)encoder\.layer\.(?P<layer>\d+)\."
+_HIDDEN_ROWS = ((0, "hidden"),)  # dim 0 is the residual width: biases and LayerNorms writing to it
+_HIDDEN_COLUMNS = ((1, "hidden"),)  # dim 1 is: embeddings, classifier and decoder inputs
+
+
+def _hidden_square(prefix: str) -> tuple[tuple[str, tuple[tuple[int, str], ...]], ...]:
+    """A dense [H, H] layer of a head (pooler, RoBERTa's classifier.dense, a masked-LM transform)."""
+    return (prefix + r"\.weight", ((0, "hidden"), (1, "hidden"))), (prefix + r"\.bias", _HIDDEN_ROWS)
+
+
 _LAYOUT: tuple[tuple[re.Pattern[str], tuple[tuple[int, str], ...]], ...] = tuple(
     (re.compile(pattern + "$"), groups) for pattern, groups in (
-        (r"(?:^|\.)embeddings\.(word|position|token_type)_embeddings\.weight", ((1, "hidden"),)),
-        (r"(?:^|\.)LayerNorm\.(weight|bias)", ((0, "hidden"),)),
+        (r"(?:^|\.)embeddings\.(word|position|token_type)_embeddings\.weight", _HIDDEN_COLUMNS),
+        (r"(?:^|\.)LayerNorm\.(weight|bias)", _HIDDEN_ROWS),
         (_LAYER + r"attention\.self\.(query|key|value)\.weight", ((0, "attention"), (1, "hidden"))),
         (_LAYER + r"attention\.self\.(query|key|value)\.bias", ((0, "attention"),)),
         (_LAYER + r"attention\.output\.dense\.weight", ((0, "hidden"), (1, "attention"))),
         (_LAYER + r"intermediate\.dense\.weight", ((0, "ffn"), (1, "hidden"))),
         (_LAYER + r"intermediate\.dense\.bias", ((0, "ffn"),)),
         (_LAYER + r"output\.dense\.weight", ((0, "hidden"), (1, "ffn"))),
-        (_LAYER + r"(attention\.)?output\.dense\.bias", ((0, "hidden"),)),
-        (r"(?:^|\.)pooler\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
-        (r"(?:^|\.)pooler\.dense\.bias", ((0, "hidden"),)),
-        (r"^classifier\.weight", ((1, "hidden"),)),
+        (_LAYER + r"(attention\.)?output\.dense\.bias", _HIDDEN_ROWS),
+        *_hidden_square(r"(?:^|\.)pooler\.dense"),
+        (r"^classifier\.weight", _HIDDEN_COLUMNS),
         # RoBERTa's head: dense + tanh plays BERT's pooler, out_proj its classifier.
-        (r"^classifier\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
-        (r"^classifier\.dense\.bias", ((0, "hidden"),)),
-        (r"^classifier\.out_proj\.weight", ((1, "hidden"),)),
+        *_hidden_square(r"^classifier\.dense"),
+        (r"^classifier\.out_proj\.weight", _HIDDEN_COLUMNS),
         # Masked-LM heads (HomoDistil's prediction loss): BERT's transform + tied decoder;
         # RoBERTa's dense + layer_norm + tied decoder. Their bias [vocab] is not grouped.
-        (r"(?:^|\.)cls\.predictions\.transform\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
-        (r"(?:^|\.)cls\.predictions\.transform\.dense\.bias", ((0, "hidden"),)),
-        (r"(?:^|\.)cls\.predictions\.decoder\.weight", ((1, "hidden"),)),
-        (r"(?:^|\.)lm_head\.dense\.weight", ((0, "hidden"), (1, "hidden"))),
-        (r"(?:^|\.)lm_head\.(dense|layer_norm)\.bias", ((0, "hidden"),)),
-        (r"(?:^|\.)lm_head\.layer_norm\.weight", ((0, "hidden"),)),
-        (r"(?:^|\.)lm_head\.decoder\.weight", ((1, "hidden"),)),
+        *_hidden_square(r"(?:^|\.)cls\.predictions\.transform\.dense"),
+        (r"(?:^|\.)cls\.predictions\.decoder\.weight", _HIDDEN_COLUMNS),
+        *_hidden_square(r"(?:^|\.)lm_head\.dense"),
+        (r"(?:^|\.)lm_head\.layer_norm\.(weight|bias)", _HIDDEN_ROWS),
+        (r"(?:^|\.)lm_head\.decoder\.weight", _HIDDEN_COLUMNS),
     ))
-
 
 def group_layout(names: list[str]) -> dict[str, tuple[tuple[int, str], ...]]:
     """Parameter name -> ((dim, group), ...) for the names that belong to a group.
