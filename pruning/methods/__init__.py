@@ -3,7 +3,9 @@
 Each method's constructor takes the student, then keyword-only arguments. The
 builder passes `teacher`, `total_steps` and `final_sparsity` to those that take
 them; every other keyword-only argument is a method option, settable from the
-config's `options` mapping, with its default in the constructor signature.
+config's `options` mapping, with its default in the constructor signature. A
+constructor that takes `**kwargs` passes them to its base class, whose keyword-only
+arguments are options too (every masked method's schedule, declared once in MaskedMethod).
 """
 
 from __future__ import annotations
@@ -86,8 +88,20 @@ def _keyword_params(name: str, table: Mapping[str, Callable] = _CONSTRUCTORS
     if name not in _CONSTRUCTORS:
         valid = ", ".join(METHOD_NAMES)
         raise ValueError(f"unknown pruning method {name!r}; valid methods: {valid}")
-    params = inspect.signature(table[name]).parameters.values()
-    return {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    constructor = table[name]
+    found: dict[str, inspect.Parameter] = {}
+    # A class's own __init__ first; one that takes **kwargs passes them to its base class,
+    # whose keyword-only arguments are then options too (MaskedMethod's schedule).
+    inits = [vars(c)["__init__"] for c in constructor.__mro__ if "__init__" in vars(c)] \
+        if isinstance(constructor, type) else [constructor]
+    for init in inits:
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                found.setdefault(p.name, p)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return found
 
 
 def _own_options(name: str, table: Mapping[str, Callable]) -> dict[str, object]:

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from pruning.analysis import RecoveryTracker
 from pruning.masks import (apply_masks, global_keep_masks, local_keep_masks, magnitude_scores,
                            masks_checksum)
-from pruning.schedules import CubicSchedule
-from pruning.targets import encoder_linear_weights, word_embedding_weight
+from pruning.analysis import RECOVERY_STEPS
+from pruning.schedules import END_FRACTION, START_FRACTION, UPDATE_EVERY, CubicSchedule
+from pruning.targets import encoder_linear_weights
 from pruning.teacher_outputs import TeacherOutputs
 
 # input_ids [B, T], attention_mask [B, T], token_type_ids [B, T] (may be absent), labels [B]
@@ -156,22 +157,40 @@ class MaskedMethod(PruningMethod):
     name: str = "masked"
 
     def __init__(
-        self, student: nn.Module, *, schedule: CubicSchedule, allocation: Allocation = "local",
-        recovery_steps: int = 10, prune_embeddings: bool = False,
+        self,
+        student: nn.Module,
+        *,
+        final_sparsity: float,
+        total_steps: int,
+        start_fraction: float = START_FRACTION,
+        end_fraction: float = END_FRACTION,
+        update_every: int = UPDATE_EVERY,
+        allocation: Allocation = "local",
+        recovery_steps: int = RECOVERY_STEPS,
     ) -> None:
+        """The schedule options of every masked method (a subclass takes them as `**schedule`;
+        the registry lists them among its options): sparsity ramps cubically from 0 at
+        `start_fraction` of the run's `total_steps` to `final_sparsity` at `end_fraction`
+        of it, masks recomputed every `update_every` steps, then fixed-mask recovery;
+        `allocation` = "local" ranks each matrix on its own, "global" all against one
+        threshold; `recovery_steps`: steps recorded after each mask update for the recovery
+        curve (pruning.analysis.RecoveryTracker)."""
         if allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
         self.student = student
-        self.schedule = schedule
+        self.schedule = CubicSchedule.over_run(total_steps, final_sparsity, start_fraction=start_fraction,
+                                               end_fraction=end_fraction, update_every=update_every)
         self.allocation: Allocation = allocation
-        self.params = encoder_linear_weights(student)
-        if prune_embeddings:  # the word-embedding matrix too, at the same schedule
-            self.params |= word_embedding_weight(student)
+        self.params = self.masked_weights(student)
         self.masks: dict[str, Tensor] = {
             name: torch.ones_like(w, dtype=torch.bool) for name, w in self.params.items()
         }
         self.step = 0
         self.recovery = RecoveryTracker(recovery_steps)
+
+    def masked_weights(self, student: nn.Module) -> dict[str, nn.Parameter]:
+        """name -> the weights this method masks: the encoder's linear weights by default."""
+        return encoder_linear_weights(student)
 
     def importance_scores(self) -> dict[str, Tensor]:
         """name -> score [*] for each masked weight; magnitude of w * mask by default."""

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from pruning import losses, teacher_outputs
-from pruning.analysis import RECOVERY_STEPS
 from pruning.features import capture_output
 from pruning.masks import apply_masks
-from pruning.methods.base import Allocation, Batch, MaskedMethod
-from pruning.schedules import END_FRACTION, START_FRACTION, UPDATE_EVERY, CubicSchedule
+from pruning.methods.base import Batch, MaskedMethod
 from pruning.teacher_outputs import TeacherOutputs
 
 Representation = Literal["cls", "pooled", "logits", "all_layers"]
@@ -66,23 +64,13 @@ class SelfDistilled(MaskedMethod):
         `temperature`, default 1.0, ours), "mse_logits" (both on the logits, whatever
         the representation), "cosine" (1 - cos on the representation). For regression
         (one output) "kl_logits" is MSE of the logits: a softmax over one value is 1.
-      Schedule as GMP: cubic from 0 at `start_fraction` to the target at
-        `end_fraction` of the run, masks from |w * mask| every `update_every`
-        steps, then fixed-mask recovery (defaults: pruning.schedules START_FRACTION,
-        END_FRACTION, UPDATE_EVERY); `allocation` = "local" per matrix ("global"
-        ranks all matrices together). `recovery_steps` (pruning.analysis
-        RECOVERY_STEPS): steps recorded after each mask update for the recovery curve.
+      Schedule (`**schedule`): MaskedMethod's options and defaults, as GMP's.
     """
 
     name = "sdp"
 
     def __init__(
-        self,
-        student: nn.Module,
-        *,
-        teacher: nn.Module,
-        final_sparsity: float,
-        total_steps: int,
+        self, student: nn.Module, *, teacher: nn.Module,
         beta: float = 1.0,
         cc_lambda: float = losses.CC_LAMBDA,
         cc_target: losses.CorrelationTarget = "teacher",
@@ -91,11 +79,7 @@ class SelfDistilled(MaskedMethod):
         self_loss: SelfLoss = "cross_correlation",
         teacher_mode: TeacherMode = "frozen",
         temperature: float = 1.0,
-        start_fraction: float = START_FRACTION,
-        end_fraction: float = END_FRACTION,
-        update_every: int = UPDATE_EVERY,
-        allocation: Allocation = "local",
-        recovery_steps: int = RECOVERY_STEPS,
+        **schedule: Any,
     ) -> None:
         for value, valid, what in ((representation, REPRESENTATIONS, "representation"),
                                    (self_loss, SELF_LOSSES, "self_loss"),
@@ -107,10 +91,7 @@ class SelfDistilled(MaskedMethod):
             raise ValueError(f"need beta >= 0 and temperature > 0, got {beta}, {temperature}")
         if cc_queue < 0:
             raise ValueError(f"cc_queue must be >= 0 (queued examples), got {cc_queue}")
-        schedule = CubicSchedule.over_run(total_steps, final_sparsity, start_fraction=start_fraction,
-                                          end_fraction=end_fraction, update_every=update_every)
-        super().__init__(student, schedule=schedule, allocation=allocation,
-                         recovery_steps=recovery_steps)
+        super().__init__(student, **schedule)
         self.beta, self.cc_lambda, self.temperature = beta, cc_lambda, temperature
         self.cc_target: losses.CorrelationTarget = cc_target
         self.cc_queue = cc_queue

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning import losses, teacher_outputs
-from pruning.analysis import RECOVERY_STEPS
 from pruning.features import capture_attention_scores
-from pruning.methods.base import Allocation, Batch, MaskedMethod
-from pruning.schedules import START_FRACTION, CubicSchedule
+from pruning.methods.base import Batch, MaskedMethod
 from pruning.teacher_outputs import TeacherOutputs
 
 TARGET_MASK_UPDATES = 100  # METHODS.md: "~100 mask updates"
@@ -38,11 +38,10 @@ class SparseBert(MaskedMethod):
 
     Pruning: unstructured magnitude per matrix (`allocation` = "local") of Q, K, V,
     attention output, FFN in and out; embeddings, biases, LayerNorms, pooler and
-    classifier stay dense. Cubic schedule from 0 at `start_fraction` (default
-    pruning.schedules.START_FRACTION: no dense warm-up) to the target at
-    `end_fraction` = 1.0 (the whole run: no fixed-mask phase), masks updated every
-    `update_every` steps, by default total_steps // TARGET_MASK_UPDATES (at least 1),
-    so about 100 updates. `recovery_steps`: as GMP's (pruning.analysis.RECOVERY_STEPS).
+    classifier stay dense. Schedule (`**schedule`): MaskedMethod's options and defaults
+    (start_fraction 0: no dense warm-up), except `end_fraction` = 1.0 (the whole run: no
+    fixed-mask phase) and `update_every`, by default total_steps // TARGET_MASK_UPDATES
+    (at least 1), so about 100 updates.
 
     The paper's optimisation recipe is config, not method code: batch 32, learning
     rate 3e-5 constant (warmup_fraction 0 and no decay), weight decay 0.01.
@@ -51,32 +50,22 @@ class SparseBert(MaskedMethod):
     name = "sparsebert"
 
     def __init__(
-        self,
-        student: nn.Module,
-        *,
-        teacher: nn.Module,
-        final_sparsity: float,
-        total_steps: int,
+        self, student: nn.Module, *, teacher: nn.Module,
         hidden_weight: float = 1.0,
         attention_weight: float = 1.0,
         logit_weight: float = 1.0,
         temperature: float = 1.0,
-        start_fraction: float = START_FRACTION,
         end_fraction: float = 1.0,
         update_every: int | None = None,
-        allocation: Allocation = "local",
-        recovery_steps: int = RECOVERY_STEPS,
+        **schedule: Any,
     ) -> None:
         if teacher is student:
             raise ValueError("SparseBERT's teacher must be the fine-tuned model, not the student")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if update_every is None:
-            update_every = max(1, total_steps // TARGET_MASK_UPDATES)
-        schedule = CubicSchedule.over_run(total_steps, final_sparsity, start_fraction=start_fraction,
-                                          end_fraction=end_fraction, update_every=update_every)
-        super().__init__(student, schedule=schedule, allocation=allocation,
-                         recovery_steps=recovery_steps)
+            update_every = max(1, schedule["total_steps"] // TARGET_MASK_UPDATES)
+        super().__init__(student, end_fraction=end_fraction, update_every=update_every, **schedule)
         s_cfg, t_cfg = student.config, teacher.config
         if (s_cfg.hidden_size, s_cfg.num_hidden_layers) != (t_cfg.hidden_size, t_cfg.num_hidden_layers):
             raise ValueError(
