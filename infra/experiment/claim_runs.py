@@ -85,8 +85,9 @@ def budget(cfg: ExperimentConfig, tasks: list[TaskResults], wall_seconds: float)
     prune = {m: cfg.prune_for(m) for m in cfg.grid.methods}
     steps = ", ".join(f"{m} {total_steps(p.epochs, -(-tasks[0].train_examples // p.batch_size)) if tasks else '?'}"
                       f" ({p.lr_schedule} lr {p.learning_rate:g})" for m, p in prune.items())
+    shared = "" if cfg.distil.per_seed else f", one student (seed {cfg.grid.seeds[0]}) that every seed fine-tunes"
     distil = (f" HomoDistil's task-agnostic stage: {cfg.distil.train.epochs:g} epoch(s) over at most "
-              f"{cfg.distil.max_texts} texts." if "homodistil" in cfg.grid.methods else "")
+              f"{cfg.distil.max_texts} texts{shared}." if "homodistil" in cfg.grid.methods else "")
     return (f"Budget: {train}; teacher {cfg.teacher.epochs:g} epoch(s) = "
             f"{total_steps(cfg.teacher.epochs, first)} steps; pruning steps per job: {steps};"
             f"{distil} Seeds {list(cfg.grid.seeds)}, precision {cfg.compute.precision}. "

@@ -89,6 +89,11 @@ class DistilSpec(Frozen):
     # Texts longer than model.max_length: split into model-length pieces (every piece a training
     # example) rather than cut at max_length. `max_texts` counts texts before the split.
     chunk: bool = Field(default=False, exclude_if=lambda v: v is False)
+    # One task-agnostic student per grid seed (True), or one, made with the grid's first seed,
+    # that every seed's task stage starts from (False): the paper's protocol (a model is
+    # compressed once, then fine-tuned per task and seed), at 1/len(seeds) of the stage's cost;
+    # the spread over seeds is then the task stage's alone.
+    per_seed: bool = Field(default=True, exclude_if=lambda v: v is True)
 
 
 class GridSpec(Frozen):

@@ -93,8 +93,10 @@ def _make_job(cfg: ExperimentConfig, task: TaskSpec, method: str, sparsity: floa
                     cfg.compute, stage)
     # The task's data settings belong in the id too: same method on other data is another job.
     resolved = draft.resolved() | {"data": task.model_dump(mode="json")}
-    if stage == "distil":
-        resolved |= {"corpus": cfg.distil.model_dump(mode="json", exclude={"train"})}
+    if stage == "distil":  # the student a shared stage makes is the first seed's own: one id
+        resolved |= {"corpus": cfg.distil.model_dump(mode="json", exclude={"train", "per_seed"})}
+    elif has_distiller(method) and not cfg.distil.per_seed:  # starts from the first seed's student
+        resolved |= {"student_seed": cfg.grid.seeds[0]}
     return replace(draft, job_id=job_hash(resolved))
 
 
@@ -102,13 +104,15 @@ def distil_job(cfg: ExperimentConfig, task: TaskSpec, job: JobSpec) -> JobSpec |
     """The task-agnostic stage a grid job starts from (None for one-stage methods).
 
     It keeps only the first stage's options, so grid points that differ in task-stage
-    options only (e.g. HomoDistil's `kd_weight`) share one distilled student.
+    options only (e.g. HomoDistil's `kd_weight`) share one distilled student; with
+    `distil.per_seed` false every seed shares the first seed's too.
     """
     if not has_distiller(job.method):
         return None
     own = distiller_options(job.method)
     options = tuple((k, v) for k, v in job.options if k in own)
-    return _make_job(cfg, task, job.method, job.sparsity, job.seed, options, cfg.distil.train, "distil")
+    seed = job.seed if cfg.distil.per_seed else cfg.grid.seeds[0]
+    return _make_job(cfg, task, job.method, job.sparsity, seed, options, cfg.distil.train, "distil")
 
 
 def teacher_job(cfg: ExperimentConfig, task: TaskSpec) -> JobSpec:

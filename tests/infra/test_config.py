@@ -10,7 +10,7 @@ import yaml
 from infra.data import DataError
 from infra.experiment import preflight
 from infra.experiment.config import ConfigError, load_config, parse_config
-from infra.experiment.grid import expand_grid, teacher_job
+from infra.experiment.grid import distil_job, expand_grid, teacher_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "tests/fixtures/configs").glob("*.yaml"))
@@ -103,3 +103,29 @@ def test_preflight_finds_the_model_and_names_missing_data(tmp_path: Path, monkey
     data["tasks"][0]["path"] = str(tmp_path / "gone.csv")
     with pytest.raises(DataError, match="gone.csv not found"):
         preflight.check(parse_config(data), None, allow_hub=False)
+
+
+def test_a_shared_task_agnostic_stage_is_one_student_per_path_that_every_seed_starts_from() -> None:
+    """distil.per_seed false: three seeds, one HomoDistil student (the first seed's own, same id),
+    and task-stage ids that say so; the default keeps every id it had."""
+    data = _demo()
+    data["grid"] = {"methods": ["homodistil", "gmp"], "sparsities": [0.5], "seeds": [3, 4, 5],
+                    "options": {"homodistil": {"path": ["homotopic", "prune_first"]}}}
+    each = parse_config(data)
+    data["distil"] = {**data.get("distil", {}), "per_seed": False}
+    once = parse_config(data)
+    task = each.tasks[0]
+
+    def students(cfg):
+        return {j.job_id: distil_job(cfg, task, j) for j in expand_grid(cfg, task) if j.method == "homodistil"}
+
+    assert len({d.job_id for d in students(each).values()}) == 2 * 3
+    shared = students(once)
+    assert len({d.job_id for d in shared.values()}) == 2  # one per path
+    assert {d.seed for d in shared.values()} == {3}
+    assert {d.job_id for d in shared.values()} <= {d.job_id for d in students(each).values()}
+    # A task stage from a shared student is another job; GMP's jobs and the teacher are not.
+    assert set(shared).isdisjoint(students(each))
+    gmp = [{j.job_id for j in expand_grid(c, task) if j.method == "gmp"} for c in (each, once)]
+    assert gmp[0] == gmp[1] and teacher_job(each, task).job_id == teacher_job(once, task).job_id
+    assert "per_seed" not in each.model_dump(mode="json")["distil"]  # default: hashes as before
