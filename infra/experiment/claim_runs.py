@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from infra.evaluate import claims_report, summary
 from infra.evaluate.claims_report import ClaimResult, TaskResults
 from infra.experiment.config import ExperimentConfig
-from infra.experiment.grid import expand_grid, teacher_job
+from infra.experiment.grid import distil_job, expand_grid, teacher_job
 from infra.experiment.jobs import PREDICTIONS
 from infra.track import grid_runs, tracking
 from infra.train.loop import total_steps
@@ -77,7 +77,25 @@ def task_results(uri: str, cfg: ExperimentConfig) -> tuple[grid_runs.GridArtifac
     return found, out
 
 
-def budget(cfg: ExperimentConfig, tasks: list[TaskResults], wall_seconds: float) -> str:
+def training_seconds(uri: str, cfg: ExperimentConfig, tasks: list[TaskResults]) -> float:
+    """The training runs behind `tasks`' models, summed: each model's job run (the teacher's
+    included) wherever it ran (a job from the cache counts where it first ran), and each
+    task-agnostic stage they start from: the newest finished run of its job that ended before
+    the last model run did."""
+    runs = [grid_runs.run_span(uri, m.run_id) for t in tasks for m in t.models]
+    last_end = max((end for _, end in runs), default=0)
+    stages = {d.job_id for t in cfg.tasks for j in expand_grid(cfg, t) if (d := distil_job(cfg, t, j))}
+    for job_id in sorted(stages):
+        done = [span for span in grid_runs.job_spans(uri, job_id) if span[1] <= last_end]
+        runs += done[:1]
+    return sum(end - start for start, end in runs) / 1000
+
+
+def _hours(seconds: float) -> str:
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def budget(cfg: ExperimentConfig, tasks: list[TaskResults], wall_seconds: float, trained_seconds: float) -> str:
     """What the claims were measured on, in one paragraph."""
     train = ", ".join(f"{t.task}: {t.train_examples} training examples" for t in tasks)
     batches = {t.task: -(-t.train_examples // cfg.teacher.batch_size) for t in tasks}
@@ -91,7 +109,9 @@ def budget(cfg: ExperimentConfig, tasks: list[TaskResults], wall_seconds: float)
     return (f"Budget: {train}; teacher {cfg.teacher.epochs:g} epoch(s) = "
             f"{total_steps(cfg.teacher.epochs, first)} steps; pruning steps per job: {steps};"
             f"{distil} Seeds {list(cfg.grid.seeds)}, precision {cfg.compute.precision}. "
-            f"Wall time of the grid run: {int(wall_seconds // 3600)} h {int(wall_seconds % 3600 // 60):02d} min.")
+            f"Wall time of the grid run: {_hours(wall_seconds)}; its models' training runs, summed: "
+            f"{_hours(trained_seconds)} (the teacher and any task-agnostic stage included, jobs found in "
+            f"the cache counted where they first ran; evaluation not included).")
 
 
 def measure(uri: str, cfg: ExperimentConfig) -> ExperimentClaims:
@@ -99,7 +119,7 @@ def measure(uri: str, cfg: ExperimentConfig) -> ExperimentClaims:
     found, tasks = task_results(uri, cfg)
     errors: list[str] = []
     results = claims_report.assess_all(cfg.claims, tasks, on_error=errors.append)
-    return ExperimentClaims(cfg.name, budget(cfg, tasks, found.wall_seconds), found.url,
+    return ExperimentClaims(cfg.name, budget(cfg, tasks, found.wall_seconds, training_seconds(uri, cfg, tasks)), found.url,
                             tuple(results), tuple(errors))
 
 

@@ -98,6 +98,21 @@ def finished_grid(uri: str, experiment: str, prefix: str, ours: Callable[[dict[s
                                  f"{len(runs)} grid run(s)); run it first: prunegrid run <its config>")
 
 
+def run_span(uri: str, run_id: str) -> tuple[int, int]:
+    """A run's start and end, in ms since the epoch (an unfinished run: its start twice)."""
+    info = tracking.client(uri).get_run(run_id).info
+    return info.start_time, info.end_time or info.start_time
+
+
+def job_spans(uri: str, job_id: str) -> list[tuple[int, int]]:
+    """The start and end (ms) of every finished run of job `job_id` in any experiment, newest first."""
+    mlflow = tracking.client(uri)
+    ids = [e.experiment_id for e in mlflow.search_experiments()]
+    runs = mlflow.search_runs(ids, f"tags.job_id = '{job_id}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"]) if ids else []
+    return [(r.info.start_time, r.info.end_time) for r in runs if r.info.end_time]
+
+
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     """A run's metrics, latest value of each (a job run's: its recovery summary among them)."""
     return dict(tracking.client(uri).get_run(run_id).data.metrics)

@@ -11,7 +11,8 @@ import pytest
 
 from infra.experiment import claim_runs
 from infra.experiment.config import load_config
-from infra.experiment.grid import expand_grid, teacher_job
+from infra.evaluate.claims_report import TaskResults
+from infra.experiment.grid import distil_job, expand_grid, teacher_job
 from infra.track import tracking
 
 CONFIG = Path(__file__).parents[2] / "configs" / "claims" / "1c-sdp-cc-target.yaml"
@@ -54,3 +55,39 @@ def test_a_config_none_of_whose_grid_runs_trained_its_jobs_is_named_with_the_fix
 
     with pytest.raises(tracking.TrackingError, match=r"no finished grid run.*prunegrid run"):
         claim_runs.grid_of(uri, cfg)
+
+
+def test_the_budget_counts_the_training_behind_a_grid_run_that_found_every_job_in_the_cache(tmp_path) -> None:
+    """A refresh that resumed from the cache ends in a second; its report must still say what
+    its models cost to train: each model's job run, and the task-agnostic stage they start from."""
+    cfg = load_config(CONFIG.with_name("5a-homodistil-50pct-vs-gmp.yaml"))
+    task = cfg.tasks[0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow = tracking.client(uri)
+    experiment = mlflow.create_experiment(cfg.name, artifact_location=str(tmp_path / "a"))
+    minute, t0 = 60_000, 1_700_000_000_000
+
+    def run(job_id: str, start: int, minutes: int, status: str = "FINISHED") -> str:
+        made = mlflow.create_run(experiment, start_time=t0 + start * minute, tags={"job_id": job_id})
+        mlflow.set_terminated(made.info.run_id, status, end_time=t0 + (start + minutes) * minute)
+        return made.info.run_id
+
+    stage = {d.job_id for j in expand_grid(cfg, task) if (d := distil_job(cfg, task, j))}
+    assert len(stage) == 1  # one student that every seed fine-tunes
+    (stage_id,) = stage
+    run(stage_id, 0, 45)  # an older run of the same stage
+    run(stage_id, 50, 20)  # the one the models start from
+    run(stage_id, 75, 5, "FAILED")
+    jobs = [teacher_job(cfg, task).job_id, *(j.job_id for j in expand_grid(cfg, task))]
+    models = [{"job_id": j, "method": "gmp", "sparsity": 0.5, "seed": 0, "options": {},
+               "run_id": run(j, 80 + 10 * i, 10), "metrics": {}} for i, j in enumerate(jobs)]
+    run(stage_id, 200, 60)  # trained after these models: another refresh's
+    records = {"task": task.name, "gate_metric": "dev_accuracy", "score": ["accuracy"],
+               "members": ["test"], "train_examples": 6824, "models": models}
+    tasks = [TaskResults.from_json(json.dumps(records))]
+
+    seconds = claim_runs.training_seconds(uri, cfg, tasks)
+    line = claim_runs.budget(cfg, tasks, wall_seconds=2.0, trained_seconds=seconds)
+
+    assert seconds == (len(jobs) * 10 + 20) * 60  # 7 models of 10 min and the 20-min stage
+    assert "Wall time of the grid run: 0 h 00 min; its models' training runs, summed: 1 h 30 min" in line
