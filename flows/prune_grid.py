@@ -59,7 +59,8 @@ def _grid(cfg: ExperimentConfig, config: str, settings: Settings) -> list[dict]:
     with stopping.sigint_blocked():  # a Ray started here leaves Ctrl-C to this driver (stop_jobs)
         started = cluster.connect(settings)
     try:
-        progress = console.GridProgress(total=_job_count(cfg), emit=get_run_logger().info)
+        planned = _jobs_per_stage(cfg)
+        progress = console.GridProgress(total=sum(planned.values()), planned=planned, emit=get_run_logger().info)
         runner = GridRunner.open(ctx, progress)
         parts = [_one_task(cfg, task_spec, runner) for task_spec in cfg.tasks]
         table, seeds = pd.concat([p[0] for p in parts]), pd.concat([p[1] for p in parts])
@@ -91,13 +92,14 @@ def _grid(cfg: ExperimentConfig, config: str, settings: Settings) -> list[dict]:
     return table.to_dict(orient="records")
 
 
-def _job_count(cfg: ExperimentConfig) -> int:
-    """Training jobs of the grid: per task its teacher, distinct task-agnostic stages, grid points."""
-    count = 0
+def _jobs_per_stage(cfg: ExperimentConfig) -> dict[str, int]:
+    """Training jobs of the grid: per task its teacher and grid points ("task"), and its
+    distinct task-agnostic stages ("distil")."""
+    count = {"task": 0, "distil": 0}
     for task in cfg.tasks:
         grid = expand_grid(cfg, task)
-        distils = {d.job_id for job in grid if (d := distil_job(cfg, task, job)) is not None}
-        count += 1 + len(distils) + len(grid)
+        count["distil"] += len({d.job_id for job in grid if (d := distil_job(cfg, task, job)) is not None})
+        count["task"] += 1 + len(grid)
     return count
 
 

@@ -141,7 +141,7 @@ class GridRunner:
 
     def _begin(self, job: JobSpec) -> None:
         if self.progress is not None:
-            self.progress.started(job.label)
+            self.progress.started(job.label, job.stage)
 
     def _end(self, job: JobSpec, ok: bool = True) -> None:
         if self.progress is not None:

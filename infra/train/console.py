@@ -87,51 +87,75 @@ def job_line(name: str, job_id: str, step: int, total: int, loss: float, steps_p
 class GridProgress:
     """Jobs done of all, the running ones, and the training time left, for one grid.
 
-    The estimate: the mean time of the jobs that ran (a cached job, done in under
-    `min_job_s`, says nothing about the others) times the jobs not yet done, over the jobs
-    running side by side, less what the running ones have already spent.
+    The estimate, per stage ("task": the teacher and grid points; "distil": task-agnostic
+    stages, far longer): the mean time of its jobs that ran (a cached job, done in under
+    `min_job_s`, says nothing about the others) times its jobs not yet done, less what its
+    running ones have already spent, over the jobs running side by side. A stage none of whose
+    jobs has trained yet is named beside the estimate, not guessed from another stage's.
     """
 
     total: int
+    planned: dict[str, int] | None = None  # jobs per stage; None: all are "task" jobs
     slots: int = 1
     min_job_s: float = 2.0
     clock: Callable[[], float] = time.monotonic
     emit: Callable[[str], None] = print
-    running: dict[str, float] = field(default_factory=dict)  # job -> started at
-    durations: list[float] = field(default_factory=list)  # of jobs that trained
+    running: dict[str, tuple[float, str]] = field(default_factory=dict)  # job -> (started at, stage)
+    durations: dict[str, list[float]] = field(default_factory=dict)  # per stage, of jobs that trained
+    finished_by_stage: dict[str, int] = field(default_factory=dict)
     done: int = 0
     failed: int = 0
 
-    def started(self, job: str) -> None:
-        self.running[job] = self.clock()
+    def started(self, job: str, stage: str = "task") -> None:
+        self.running[job] = (self.clock(), stage)
         self.emit(self.line())
 
     def finished(self, job: str, ok: bool = True) -> None:
-        took = self.clock() - self.running.pop(job, self.clock())
+        began, stage = self.running.pop(job, (self.clock(), "task"))
+        took = self.clock() - began
         self.done += 1
         self.failed += not ok
+        self.finished_by_stage[stage] = self.finished_by_stage.get(stage, 0) + 1
         if ok and took >= self.min_job_s:
-            self.durations.append(took)
+            self.durations.setdefault(stage, []).append(took)
         self.emit(self.line())
 
+    def _stages(self) -> dict[str, int]:
+        """Jobs not yet done, per stage."""
+        planned = self.planned or {"task": self.total}
+        return {stage: max(0, n - self.finished_by_stage.get(stage, 0)) for stage, n in planned.items()}
+
+    def untimed(self) -> dict[str, int]:
+        """Jobs left of each stage none of whose jobs has trained yet."""
+        return {stage: n for stage, n in self._stages().items() if n and not self.durations.get(stage)}
+
     def left_s(self) -> float | None:
-        """Training time left, or None until a job has trained."""
+        """Training time left in the stages already timed, or None until a job has trained."""
         if not self.durations:
             return None
-        mean = sum(self.durations) / len(self.durations)
-        now = self.clock()
-        # A running job past the mean is counted as a tenth of one still to go, not as done.
-        spent = sum(min(now - t, 0.9 * mean) for t in self.running.values())
-        return max(0.0, ((self.total - self.done) * mean - spent) / max(1, self.slots))
+        now, left = self.clock(), 0.0
+        for stage, n in self._stages().items():
+            if not self.durations.get(stage):
+                continue
+            mean = sum(self.durations[stage]) / len(self.durations[stage])
+            # A running job past the mean is counted as a tenth of one still to go, not as done.
+            spent = sum(min(now - t, 0.9 * mean) for t, s in self.running.values() if s == stage)
+            left += max(0.0, n * mean - spent)
+        return left / max(1, self.slots)
 
     def line(self) -> str:
         """'[grid] 4/13 jobs done (1 failed), running: sdp s=0.50 (35 s), ~5m20s of training left'."""
         failed = f" ({self.failed} failed)" if self.failed else ""
         now = self.clock()
-        running = ", ".join(f"{job} ({duration(now - t)})" for job, t in self.running.items())
-        left = self.left_s()
-        eta = ("estimating the time left" if left is None and self.done < self.total
-               else f"~{duration(left)} of training left" if left is not None and self.done < self.total
-               else "training done")
+        running = ", ".join(f"{job} ({duration(now - t)})" for job, (t, _) in self.running.items())
+        left, untimed = self.left_s(), self.untimed()
+        if self.done >= self.total:
+            eta = "training done"
+        elif left is None or untimed.get("task"):
+            eta = "estimating the time left"
+        else:
+            stages = untimed.get("distil", 0)
+            eta = f"~{duration(left)} of training left" + (
+                f", and {stages} task-agnostic stage{'s' if stages > 1 else ''} not yet timed" if stages else "")
         return (f"[grid] {self.done}/{self.total} jobs done{failed}"
                 + (f", running: {running}" if running else "") + f", {eta}")

@@ -87,3 +87,29 @@ def test_a_job_past_the_mean_still_has_time_to_go() -> None:
     grid.started("gmp-s50-seed0")
     clock.now = 200.0  # three times the mean, still running
     assert grid.left_s() == pytest.approx(5.0)
+
+
+def test_a_long_task_agnostic_stage_does_not_stand_for_the_short_jobs_after_it() -> None:
+    """HomoDistil's stage ran 20 min; the three fine-tuning jobs after it take 3 min each, not 20."""
+    clock, lines = Clock(), []
+    grid = console.GridProgress(total=5, planned={"task": 4, "distil": 1}, clock=clock, emit=lines.append)
+    grid.started("teacher-seed0")
+    clock.now = 0.1  # from the cache
+    grid.finished("teacher-seed0")
+    grid.started("homodistil-distil-s50-seed0", stage="distil")
+    clock.now = 1200.1
+    grid.finished("homodistil-distil-s50-seed0")
+    assert lines[-1] == "[grid] 2/5 jobs done, estimating the time left"  # no fine-tuning job timed yet
+    grid.started("homodistil-s50-seed0")
+    clock.now = 1380.1
+    grid.finished("homodistil-s50-seed0")
+    assert lines[-1] == "[grid] 3/5 jobs done, ~6m00s of training left"  # 2 more of 3 min each
+
+
+def test_a_stage_not_yet_timed_is_named_beside_the_estimate() -> None:
+    clock, lines = Clock(), []
+    grid = console.GridProgress(total=4, planned={"task": 3, "distil": 1}, clock=clock, emit=lines.append)
+    grid.started("teacher-seed0")
+    clock.now = 240.0
+    grid.finished("teacher-seed0")
+    assert lines[-1] == "[grid] 1/4 jobs done, ~8m00s of training left, and 1 task-agnostic stage not yet timed"
