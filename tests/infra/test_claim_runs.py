@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.evaluate.claims_report import TaskResults
 from infra.experiment import claim_runs
 from infra.experiment.config import load_config
-from infra.evaluate.claims_report import TaskResults
 from infra.experiment.grid import distil_job, expand_grid, teacher_job
 from infra.track import tracking
 
