@@ -102,9 +102,12 @@ class GridProgress:
     emit: Callable[[str], None] = print
     running: dict[str, tuple[float, str]] = field(default_factory=dict)  # job -> (started at, stage)
     durations: dict[str, list[float]] = field(default_factory=dict)  # per stage, of jobs that trained
-    finished_by_stage: dict[str, int] = field(default_factory=dict)
-    done: int = 0
+    finished_by_stage: dict[str, int] = field(default_factory=dict)  # jobs done, per stage
     failed: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(self.finished_by_stage.values())
 
     def started(self, job: str, stage: str = "task") -> None:
         self.running[job] = (self.clock(), stage)
@@ -113,7 +116,6 @@ class GridProgress:
     def finished(self, job: str, ok: bool = True) -> None:
         began, stage = self.running.pop(job, (self.clock(), "task"))
         took = self.clock() - began
-        self.done += 1
         self.failed += not ok
         self.finished_by_stage[stage] = self.finished_by_stage.get(stage, 0) + 1
         if ok and took >= self.min_job_s:
